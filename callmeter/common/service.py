@@ -1,0 +1,140 @@
+"""The same life for every service process: settings → build → serve → SIGTERM → drain → exit 0.
+
+An entry point calls ``run_service(spec, SettingsClass)``. The spec's ``build`` registers the
+servicers on the shared gRPC server and returns a ``Component`` whose ``start``/``stop`` own the
+service's background work (NATS consumers, heartbeats, stores). On SIGTERM or SIGINT: health
+NOT_SERVING → ``server.stop(grace)`` → ``component.stop()`` → exit 0. A second signal exits 130
+at once. A ``ConfigError`` anywhere before serving prints one line naming the setting, exit 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+import prometheus_client
+import structlog
+
+from callmeter import __version__
+from callmeter.common.errors import ConfigError
+from callmeter.common.exit_codes import ExitCode
+from callmeter.common.grpc_server import GrpcServer, TlsFiles
+from callmeter.common.logging import configure_logging
+from callmeter.common.settings import CommonSettings, describe, env_name, load_settings
+
+log = structlog.get_logger(__name__)
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+class Component(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class NoBackgroundWork:
+    """The Component of a service whose work is all in its RPCs."""
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class ServiceSpec(Generic[S]):
+    #: Short name: api, orchestrator, gateway, metrics.
+    name: str
+    #: Full names of the gRPC services it serves, for health and reflection.
+    grpc_services: list[str]
+    #: Registers servicers on the server; returns the background work.
+    build: Callable[[S, GrpcServer], Awaitable[Component]]
+    #: The server's TLS files, if it serves TLS.
+    tls: Callable[[S], TlsFiles | None] = field(default=lambda _settings: None)
+
+
+def print_config_error(error: ConfigError) -> None:
+    print(f"callmeter: error: {error.detail}", file=sys.stderr)
+
+
+def run_service(spec: ServiceSpec[S], settings_cls: type[S], **overrides: Any) -> int:
+    """Entry point body of a service subcommand; returns the exit code."""
+    try:
+        settings = load_settings(settings_cls, **overrides)
+    except ConfigError as error:
+        print_config_error(error)
+        return ExitCode.ERROR
+    configure_logging(spec.name, settings.log_level, settings.log_format)
+    log.info("starting", version=__version__, settings=describe(settings))
+    try:
+        asyncio.run(_serve(spec, settings))
+    except ConfigError as error:
+        print_config_error(error)
+        return ExitCode.ERROR
+    return ExitCode.OK
+
+
+async def _serve(spec: ServiceSpec[S], settings: S) -> None:
+    stop = asyncio.Event()
+    _install_signal_handlers(stop)
+    server = GrpcServer(spec.grpc_services)
+    component = await spec.build(settings, server)
+    metrics_server = None
+    try:
+        port = server.bind(settings.grpc_host, settings.grpc_port, env_name(type(settings), "grpc_port"), spec.tls(settings))
+        metrics_server, prometheus_port = start_prometheus(settings.prometheus_host, settings.prometheus_port,
+                                                           env_name(type(settings), "prometheus_port"))
+        await component.start()
+        await server.start()
+        write_ready_file(settings.ready_file, grpc_port=port, prometheus_port=prometheus_port)
+        log.info("serving", grpc_port=port, prometheus_port=prometheus_port)
+        await stop.wait()
+        log.info("draining", grace_s=settings.shutdown_grace_s)
+        await server.stop(settings.shutdown_grace_s)
+    finally:
+        await component.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+    log.info("stopped")
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second_signal_exit_now", signal=signal.Signals(signum).name)
+            os._exit(ExitCode.INTERRUPTED)
+        log.info("signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+def start_prometheus(host: str, port: int, setting: str):  # type: ignore[no-untyped-def]
+    """Serves /metrics from the default registry; returns (server, bound port)."""
+    try:
+        httpd, _thread = prometheus_client.start_http_server(port, addr=host)
+    except OSError as exc:
+        raise ConfigError(setting, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return httpd, int(httpd.server_port)
+
+
+def write_ready_file(path: Path | None, **ports: int) -> None:
+    """Atomically writes the bound ports so that a parent (``up``, tests) can find them."""
+    if path is None:
+        return
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), **ports}))
+    tmp.replace(path)
