@@ -51,7 +51,7 @@ class ConfigError(CallmeterError):
     """A setting that cannot be used; ``setting`` is the environment variable that names it."""
 
     def __init__(self, setting: str, detail: str) -> None:
-        super().__init__(ErrorCode.CONFIG, f"{setting}: {detail}")
+        super().__init__(ErrorCode.CONFIG, f"{setting}: {detail}" if setting else detail)
         self.setting = setting
 
 

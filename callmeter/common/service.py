@@ -17,7 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import prometheus_client
 import structlog
@@ -27,11 +27,12 @@ from callmeter.common.errors import ConfigError
 from callmeter.common.exit_codes import ExitCode
 from callmeter.common.grpc_server import GrpcServer, TlsFiles
 from callmeter.common.logging import configure_logging
-from callmeter.common.settings import CommonSettings, describe, env_name, load_settings
+from callmeter.common.settings import CommonSettings, ProcessSettings, describe, env_name, load_settings
 
 log = structlog.get_logger(__name__)
 
 S = TypeVar("S", bound=CommonSettings)
+P = TypeVar("P", bound=ProcessSettings)
 
 
 class Component(Protocol):
@@ -66,17 +67,22 @@ def print_config_error(error: ConfigError) -> None:
     print(f"callmeter: error: {error.detail}", file=sys.stderr)
 
 
-def run_service(spec: ServiceSpec[S], settings_cls: type[S], **overrides: Any) -> int:
+def run_service(spec: ServiceSpec[S], settings_cls: type[S]) -> int:
     """Entry point body of a service subcommand; returns the exit code."""
+    return run_process(spec.name, settings_cls, lambda settings: _serve(spec, settings))
+
+
+def run_process(name: str, settings_cls: type[P], body: Callable[[P], Awaitable[None]]) -> int:
+    """Loads settings, sets up logs, runs ``body`` under asyncio; a ConfigError exits 2."""
     try:
-        settings = load_settings(settings_cls, **overrides)
+        settings = load_settings(settings_cls)
     except ConfigError as error:
         print_config_error(error)
         return ExitCode.ERROR
-    configure_logging(spec.name, settings.log_level, settings.log_format)
+    configure_logging(name, settings.log_level, settings.log_format)
     log.info("starting", version=__version__, settings=describe(settings))
     try:
-        asyncio.run(_serve(spec, settings))
+        asyncio.run(body(settings))
     except ConfigError as error:
         print_config_error(error)
         return ExitCode.ERROR
@@ -84,8 +90,7 @@ def run_service(spec: ServiceSpec[S], settings_cls: type[S], **overrides: Any) -
 
 
 async def _serve(spec: ServiceSpec[S], settings: S) -> None:
-    stop = asyncio.Event()
-    _install_signal_handlers(stop)
+    stop = install_signal_handlers()
     server = GrpcServer(spec.grpc_services)
     component = await spec.build(settings, server)
     metrics_server = None
@@ -108,7 +113,9 @@ async def _serve(spec: ServiceSpec[S], settings: S) -> None:
     log.info("stopped")
 
 
-def _install_signal_handlers(stop: asyncio.Event) -> None:
+def install_signal_handlers() -> asyncio.Event:
+    """The first SIGTERM/SIGINT sets the returned event; a second one exits at once."""
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
@@ -120,6 +127,7 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    return stop
 
 
 def start_prometheus(host: str, port: int, setting: str):  # type: ignore[no-untyped-def]

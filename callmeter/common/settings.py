@@ -17,17 +17,20 @@ from callmeter.common.errors import ConfigError
 
 ENV_PREFIX = "CALLMETER_"
 
-Port = int  # validated by Field bounds where declared
-
-
-class CommonSettings(BaseSettings):
-    """Settings every service has."""
+class ProcessSettings(BaseSettings):
+    """Settings every callmeter process has."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: json always, console always, or auto: console on a terminal, JSON otherwise.
     log_format: Literal["json", "console", "auto"] = "auto"
+    #: When set, the process writes its bound ports here as JSON once it is serving.
+    ready_file: Path | None = None
+
+
+class CommonSettings(ProcessSettings):
+    """Settings every gRPC service has."""
     #: Address the gRPC server binds; 0.0.0.0 in containers.
     grpc_host: str = "127.0.0.1"
     #: gRPC port; 0 picks a free one (tests), reported in the ready file.
@@ -35,8 +38,6 @@ class CommonSettings(BaseSettings):
     #: Address and port of the Prometheus /metrics HTTP endpoint.
     prometheus_host: str = "127.0.0.1"
     prometheus_port: int = Field(default=0, ge=0, le=65535)
-    #: When set, the service writes its bound ports here as JSON once it is serving.
-    ready_file: Path | None = None
     #: Seconds in-flight RPCs get to finish after SIGTERM.
     shutdown_grace_s: float = Field(default=5.0, ge=0, le=300)
 
@@ -59,10 +60,12 @@ def load_settings(settings_cls: type[S], **overrides: Any) -> S:
         return settings_cls(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a check across fields names its variables in the message
+            raise ConfigError("", message) from None
         value = error.get("input")
         shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
-        raise ConfigError(env_name(settings_cls, field), f"{error['msg']}{shown}") from None
+        raise ConfigError(env_name(settings_cls, str(error["loc"][0])), f"{message}{shown}") from None
 
 
 def describe(settings: BaseSettings) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""The public API: tests, runs, results, workers, projects and tokens; authentication and roles."""

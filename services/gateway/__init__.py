@@ -1,0 +1,1 @@
+"""The gateway: the only thing workers connect to, one TLS bidirectional stream per worker."""

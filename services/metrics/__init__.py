@@ -1,0 +1,1 @@
+"""metrics-ingest: JetStream → ClickHouse, and the read side of the metrics store."""

@@ -1,0 +1,1 @@
+"""The orchestrator: run lifecycle, placement, dispatch, and the worker registry."""

@@ -1,0 +1,1 @@
+"""The `callmeter` command: one subcommand per service, plus `up`, `demo`, `run` and `test`."""

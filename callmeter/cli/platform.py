@@ -1,0 +1,258 @@
+"""The whole platform on one machine (`callmeter up`): embedded stores, five service processes.
+
+Layout of DATA_DIR (reused by the next `up`):
+  tls/         development CA and the gateway's certificate
+  state.db     SQLite configuration and state
+  metrics/     chDB metrics store (owned by metrics-ingest)
+  nats/        the embedded nats-server's JetStream store and log
+  secrets/     the local worker's token (0600)
+  logs/        one log file per service
+  run/         ready files the services write once serving
+
+Start order follows dependencies: nats → metrics → orchestrator → gateway → api → worker.
+Stop order is the reverse, each child drained with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from callmeter.common.channels import check_health
+from callmeter.common.errors import ConfigError
+from callmeter.common.stores.database import create_database_engine
+from callmeter.common.stores.nats import EmbeddedNats
+from callmeter.common.tls import ensure_dev_pki
+
+# Fixed ports of a default `up`, so that the CLI profile stays valid across restarts.
+DEFAULT_PORTS = {
+    "nats": 4250,
+    "metrics": 50054,
+    "orchestrator": 50052,
+    "gateway": 50053,
+    "api": 50051,
+    "worker": 3030,
+}
+PROMETHEUS_PORTS = {"metrics": 9104, "orchestrator": 9102, "gateway": 9103, "api": 9101}
+SERVICE_ORDER = ("metrics", "orchestrator", "gateway", "api", "worker")
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    address: str
+    log_file: Path
+    ready: dict[str, int] = field(default_factory=dict)
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if `up` itself is killed, so that nothing is left running."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    os.setpgrp()  # a terminal's Ctrl-C reaches `up` only; `up` stops the children in order
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class Platform:
+    def __init__(self, data_dir: Path, auto_ports: bool = False, with_worker: bool = True,
+                 log_level: str = "info") -> None:
+        self.data_dir = data_dir.resolve()
+        self.auto_ports = auto_ports
+        self.with_worker = with_worker
+        self.log_level = log_level
+        self.nats: EmbeddedNats | None = None
+        self.children: dict[str, Child] = {}
+        self.owner_token: str | None = None
+        self.new_owner_token = False
+        self.started_in_s = 0.0
+
+    # -- paths and ports --------------------------------------------------------------
+    def _port(self, name: str) -> int:
+        return 0 if self.auto_ports else DEFAULT_PORTS[name]
+
+    def _prometheus_port(self, name: str) -> int:
+        return 0 if self.auto_ports else PROMETHEUS_PORTS[name]
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'state.db'}"
+
+    @property
+    def api_address(self) -> str:
+        return self.children["api"].address
+
+    # -- start ------------------------------------------------------------------------
+    def start(self) -> None:
+        began = time.monotonic()
+        for sub in ("logs", "run", "secrets"):
+            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        pki = ensure_dev_pki(self.data_dir / "tls")
+        worker_token = self._bootstrap_state()
+        self.nats = EmbeddedNats(self.data_dir / "nats", port=self._port("nats") or 0)
+        self.nats.start()
+        try:
+            common = {"CALLMETER_NATS_URL": self.nats.url, "CALLMETER_LOG_LEVEL": self.log_level,
+                      "CALLMETER_LOG_FORMAT": "json"}
+            metrics = self._start_service("metrics", {
+                **common, "CALLMETER_CLICKHOUSE_URL": f"chdb://{self.data_dir / 'metrics'}"})
+            orchestrator = self._start_service("orchestrator", {
+                **common, "CALLMETER_DATABASE_URL": self.database_url})
+            gateway = self._start_service("gateway", {
+                **common, "CALLMETER_TLS_CERT_FILE": str(pki.server_cert), "CALLMETER_TLS_KEY_FILE": str(pki.server_key),
+                "CALLMETER_ORCHESTRATOR_ADDRESS": orchestrator.address}, ca_file=pki.ca_cert)
+            self._start_service("api", {
+                **common, "CALLMETER_DATABASE_URL": self.database_url,
+                "CALLMETER_ORCHESTRATOR_ADDRESS": orchestrator.address, "CALLMETER_METRICS_ADDRESS": metrics.address})
+            if self.with_worker:
+                self._start_worker(gateway.address, pki.ca_cert, worker_token, common)
+        except BaseException:
+            self.stop()
+            raise
+        self.started_in_s = time.monotonic() - began
+
+    def _bootstrap_state(self) -> str:
+        """Migrates the state store and creates the local owner and worker tokens on first start."""
+        from callmeter.state.bootstrap import bootstrap_local
+        from callmeter.state.migrate import upgrade
+
+        engine = create_database_engine(self.database_url)
+        try:
+            upgrade(engine)
+            token_file = self.data_dir / "secrets" / "worker-token"
+            result = bootstrap_local(engine, existing_worker_token=token_file.read_text().strip()
+                                     if token_file.exists() else None)
+        finally:
+            engine.dispose()
+        if result.worker_token_secret is not None:
+            token_file.touch(mode=0o600)
+            token_file.write_text(result.worker_token_secret + "\n")
+        self.owner_token = result.owner_token_secret
+        self.new_owner_token = result.owner_token_secret is not None
+        return token_file.read_text().strip()
+
+    def _spawn(self, name: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path, Path]:
+        ready_file = self.data_dir / "run" / f"{name}.ready"
+        ready_file.unlink(missing_ok=True)
+        log_file = self.data_dir / "logs" / f"{name}.log"
+        full_env = {**os.environ, **env, "CALLMETER_READY_FILE": str(ready_file)}
+        with log_file.open("ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "callmeter.cli.main", name], env=full_env,
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent)
+        return process, ready_file, log_file
+
+    def _start_service(self, name: str, env: dict[str, str], ca_file: Path | None = None) -> Child:
+        env = {**env, "CALLMETER_GRPC_PORT": str(self._port(name)),
+               "CALLMETER_PROMETHEUS_PORT": str(self._prometheus_port(name))}
+        process, ready_file, log_file = self._spawn(name, env)
+        child = Child(name, process, "", log_file)
+        self.children[name] = child
+        child.ready = self._wait_ready(child, ready_file)
+        child.address = f"127.0.0.1:{child.ready['grpc_port']}"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not check_health(child.address, ca_file):
+            self._check_alive(child)
+            if time.monotonic() > deadline:
+                raise ConfigError(name, f"not healthy within {START_TIMEOUT_S:.0f} s; see {log_file}")
+            time.sleep(0.1)
+        return child
+
+    def _start_worker(self, gateway_address: str, ca_file: Path, token: str, common: dict[str, str]) -> None:
+        env = {**common, "CALLMETER_GATEWAY_ADDRESS": gateway_address, "CALLMETER_CA_FILE": str(ca_file),
+               "CALLMETER_WORKER_TOKEN": token, "CALLMETER_WORKER_NAME": "local",
+               "CALLMETER_HEALTH_PORT": str(self._port("worker"))}
+        process, ready_file, log_file = self._spawn("worker", env)
+        child = Child("worker", process, "", log_file)
+        self.children["worker"] = child
+        child.ready = self._wait_ready(child, ready_file)
+        child.address = f"127.0.0.1:{child.ready['health_port']}"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not worker_ready(child.address):
+            self._check_alive(child)
+            if time.monotonic() > deadline:
+                raise ConfigError("worker", f"not connected to the gateway within {START_TIMEOUT_S:.0f} s; see {log_file}")
+            time.sleep(0.1)
+
+    def _wait_ready(self, child: Child, ready_file: Path) -> dict[str, int]:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not ready_file.exists():
+            self._check_alive(child)
+            if time.monotonic() > deadline:
+                raise ConfigError(child.name, f"did not start within {START_TIMEOUT_S:.0f} s; see {child.log_file}")
+            time.sleep(0.05)
+        return json.loads(ready_file.read_text())
+
+    @staticmethod
+    def _check_alive(child: Child) -> None:
+        if child.process.poll() is not None:
+            tail = child.log_file.read_text(errors="replace").strip().splitlines()[-1:] if child.log_file.exists() else []
+            raise ConfigError(child.name, f"exited with code {child.process.returncode}: {tail[0] if tail else ''} "
+                                          f"(log: {child.log_file})")
+
+    # -- run and stop -------------------------------------------------------------------
+    def status_rows(self) -> list[tuple[str, int, str, int]]:
+        """(name, pid, address, resident bytes) of every child, nats-server included."""
+        rows = []
+        if self.nats is not None and self.nats.process is not None:
+            rows.append(("nats-server", self.nats.process.pid, self.nats.url, rss_bytes(self.nats.process.pid)))
+        for child in self.children.values():
+            rows.append((child.name, child.process.pid, child.address, rss_bytes(child.process.pid)))
+        return rows
+
+    def dead_child(self) -> str | None:
+        """Name of a child that exited on its own, if any."""
+        for child in self.children.values():
+            if child.process.poll() is not None:
+                return child.name
+        if self.nats is not None and self.nats.process is not None and self.nats.process.poll() is not None:
+            return "nats-server"
+        return None
+
+    def stop(self) -> dict[str, int | None]:
+        """Stops the children in reverse order; returns each one's exit code (None if killed)."""
+        codes: dict[str, int | None] = {}
+        for name in reversed(list(self.children)):
+            process = self.children[name].process
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                    codes[name] = None
+                    continue
+            codes[name] = process.returncode
+        self.children.clear()
+        if self.nats is not None:
+            self.nats.stop()
+        return codes
+
+
+def worker_ready(address: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}/readyz", timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False

@@ -1,0 +1,44 @@
+"""The local CLI profile: where the API is and which token to use, written by `callmeter up`.
+
+`--api` / CALLMETER_API and CALLMETER_TOKEN override what the profile says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Profile:
+    api: str
+    token: str
+    #: CA that signed the API's certificate, when the API serves TLS.
+    ca_file: str | None = None
+
+
+def profile_path() -> Path:
+    if os.environ.get("CALLMETER_PROFILE"):
+        return Path(os.environ["CALLMETER_PROFILE"])
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return config_home / "callmeter" / "profile.json"
+
+
+def write_profile(profile: Profile) -> Path:
+    path = profile_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.write_text(json.dumps(asdict(profile), indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_profile() -> Profile | None:
+    path = profile_path()
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return Profile(api=data["api"], token=data["token"], ca_file=data.get("ca_file"))

@@ -1,0 +1,85 @@
+"""`callmeter up`: the whole platform on this machine until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from callmeter.common.exit_codes import ExitCode
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "up", help="run the whole platform on this machine (embedded stores, a local worker)",
+        description="Start NATS, the five services and a local worker on embedded defaults; Ctrl-C stops them.")
+    add_platform_arguments(parser)
+    parser.set_defaults(handler=handle)
+
+
+def add_platform_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=Path(".callmeter"),
+                        help="where state, metrics, certificates and logs live (default: .callmeter)")
+    parser.add_argument("--auto-ports", action="store_true",
+                        help="bind every service to a free port instead of the fixed defaults")
+    parser.add_argument("--no-worker", action="store_true", help="do not start the local worker")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def print_status(platform) -> None:  # type: ignore[no-untyped-def]
+    """The table of running processes: every one healthy, with its address and memory."""
+    print(f"callmeter is up in {platform.started_in_s:.1f} s, all healthy; data in {platform.data_dir}")
+    print(f"  {'service':<13}{'pid':>8}  {'address':<24}{'memory':>10}")
+    total = 0
+    for name, pid, address, rss in platform.status_rows():
+        total += rss
+        print(f"  {name:<13}{pid:>8}  {address:<24}{rss / 2**20:>7.0f} MB")
+    print(f"  {'total':<13}{'':>8}  {'':<24}{total / 2**20:>7.0f} MB", flush=True)
+
+
+def start_platform(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """Starts the platform, prints its table, writes the CLI profile; ConfigError propagates."""
+    from callmeter.cli.platform import Platform
+    from callmeter.cli.profile import Profile, read_profile, write_profile
+
+    platform = Platform(args.data_dir, auto_ports=args.auto_ports, with_worker=not args.no_worker,
+                        log_level=args.log_level)
+    platform.start()
+    print_status(platform)
+    if platform.new_owner_token:
+        path = write_profile(Profile(api=platform.api_address, token=platform.owner_token or ""))
+        print(f"owner API token (shown once; saved in the CLI profile {path}):\n  {platform.owner_token}")
+    else:
+        previous = read_profile()
+        if previous is not None:
+            write_profile(Profile(api=platform.api_address, token=previous.token, ca_file=previous.ca_file))
+    return platform
+
+
+def handle(args: argparse.Namespace) -> int:
+    from callmeter.common.errors import ConfigError
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        platform = start_platform(args)
+    except ConfigError as error:
+        print(f"callmeter: error: {error.detail}", file=sys.stderr)
+        return ExitCode.ERROR
+    print("Ctrl-C stops everything.", flush=True)
+    dead = None
+    while not stop.wait(0.5):
+        dead = platform.dead_child()
+        if dead is not None:
+            break
+    codes = platform.stop()
+    if dead is not None:
+        print(f"callmeter: error: {dead} exited unexpectedly; everything is stopped. "
+              f"See {platform.data_dir / 'logs'}", file=sys.stderr)
+        return ExitCode.ERROR
+    unclean = [name for name, code in codes.items() if code != 0]
+    print("stopped" + (f" ({', '.join(unclean)} did not exit cleanly)" if unclean else " cleanly"))
+    return ExitCode.OK if not unclean else ExitCode.ERROR

@@ -1,0 +1,52 @@
+"""Client channels to callmeter services, plain or TLS, with the options every client uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from callmeter.common.grpc_server import MAX_MESSAGE_BYTES, read_pem
+
+CLIENT_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def aio_channel(address: str, ca_file: Path | None = None, ca_setting: str = "CALLMETER_CA_FILE",
+                server_name: str | None = None) -> grpc.aio.Channel:
+    """An asyncio channel; TLS when ``ca_file`` is given (the CA that signed the server)."""
+    options = list(CLIENT_OPTIONS)
+    if ca_file is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    credentials = grpc.ssl_channel_credentials(root_certificates=read_pem(ca_file, ca_setting))
+    return grpc.aio.secure_channel(address, credentials, options=options)
+
+
+def sync_channel(address: str, ca_file: Path | None = None) -> grpc.Channel:
+    """A blocking channel, for the CLI."""
+    options = list(CLIENT_OPTIONS)
+    if ca_file is None:
+        return grpc.insecure_channel(address, options=options)
+    credentials = grpc.ssl_channel_credentials(root_certificates=read_pem(ca_file, "CALLMETER_CA_FILE"))
+    return grpc.secure_channel(address, credentials, options=options)
+
+
+def check_health(address: str, ca_file: Path | None = None, timeout_s: float = 2.0, service: str = "") -> bool:
+    """True when the standard gRPC health service answers SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with sync_channel(address, ca_file) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING

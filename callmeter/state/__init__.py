@@ -1,0 +1,1 @@
+"""Configuration and state shared by the api and orchestrator: SQLAlchemy models and their Alembic migrations."""

@@ -1,0 +1,24 @@
+"""API settings, from CALLMETER_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from callmeter.common.settings import CommonSettings
+from callmeter.common.stores.database import normalize_database_url
+
+
+class ApiSettings(CommonSettings):
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    prometheus_port: int = Field(default=9101, ge=0, le=65535)
+    #: sqlite:///PATH (embedded) or postgresql://USER@HOST/DB — the orchestrator's database.
+    database_url: str = "sqlite:///callmeter-state.db"
+    #: The orchestrator's gRPC address (host:port).
+    orchestrator_address: str = "127.0.0.1:50052"
+    #: metrics-ingest's gRPC address, which serves the metric queries.
+    metrics_address: str = "127.0.0.1:50054"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        return normalize_database_url(value, "CALLMETER_DATABASE_URL")

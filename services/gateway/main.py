@@ -1,0 +1,61 @@
+"""`callmeter gateway`: the gateway service process."""
+
+from __future__ import annotations
+
+from nats.aio.client import Client
+
+from callmeter.common.channels import aio_channel
+from callmeter.common.grpc_server import GrpcServer, TlsFiles
+from callmeter.common.service import Component, ServiceSpec, run_service
+from callmeter.common.stores.metrics_stream import ensure_stream
+from callmeter.common.stores.nats import connect_nats
+from callmeter.v1 import orchestrator_pb2_grpc, workers_pb2, workers_pb2_grpc
+from services.gateway.publisher import BatchPublisher
+from services.gateway.reporter import EventReporter
+from services.gateway.servicer import GatewayServicer
+from services.gateway.settings import GatewaySettings
+
+
+class Gateway:
+    """Background work: the NATS connection, the orchestrator channel, the event reporter."""
+
+    def __init__(self, settings: GatewaySettings, server: GrpcServer, nats: Client) -> None:
+        self.settings = settings
+        self.nats = nats
+        self.channel = aio_channel(settings.orchestrator_address)
+        self.reporter = EventReporter(
+            orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel), settings.gateway_id,
+            settings.report_interval_s, on_revoked=lambda worker_id: self.servicer.close_worker(worker_id, "token revoked"),
+        )
+        self.servicer = GatewayServicer(settings, orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel),
+                                        self.reporter, BatchPublisher(nats.jetstream()))
+        workers_pb2_grpc.add_GatewayServiceServicer_to_server(self.servicer, server.server)
+
+    async def start(self) -> None:
+        self.reporter.start()
+
+    async def stop(self) -> None:
+        self.servicer.close_all("gateway shutting down")
+        await self.reporter.stop()
+        await self.nats.drain()
+        await self.channel.close()
+
+
+async def build(settings: GatewaySettings, server: GrpcServer) -> Component:
+    nats = await connect_nats(settings.nats_url, name=f"callmeter-gateway-{settings.gateway_id}")
+    await ensure_stream(nats.jetstream())
+    return Gateway(settings, server, nats)
+
+
+SPEC = ServiceSpec(
+    name="gateway",
+    grpc_services=[workers_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name],
+    build=build,
+    tls=lambda s: TlsFiles(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file),
+)
+
+
+def main() -> int:
+    return run_service(SPEC, GatewaySettings)
+
+SETTINGS = GatewaySettings

@@ -1,0 +1,71 @@
+"""`callmeter orchestrator`: the orchestrator service process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import sessionmaker
+
+from callmeter.common.grpc_server import GrpcServer
+from callmeter.common.service import Component, ServiceSpec, run_service
+from callmeter.common.stores.database import create_database_engine
+from callmeter.state.migrate import ensure_schema
+from callmeter.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from services.orchestrator import workers
+from services.orchestrator.servicer import OrchestratorServicer
+from services.orchestrator.settings import OrchestratorSettings
+
+log = structlog.get_logger(__name__)
+
+SETTINGS = OrchestratorSettings
+
+
+class Orchestrator:
+    """Background work: the staleness sweep over workers."""
+
+    def __init__(self, settings: OrchestratorSettings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+        self.sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.sweeper = asyncio.create_task(self._sweep_stale(), name="stale-sweep")
+
+    async def stop(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            await asyncio.gather(self.sweeper, return_exceptions=True)
+        self.engine.dispose()
+
+    async def _sweep_stale(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.stale_check_interval_s)
+            try:
+                stale = await asyncio.to_thread(workers.mark_stale, self.sessions, self.settings.stale_after_s)
+            except Exception:  # a database hiccup must not end the sweep
+                log.exception("stale_sweep_failed")
+                continue
+            for worker_id in stale:
+                log.warning("worker_stale", worker_id=worker_id, after_s=self.settings.stale_after_s)
+
+
+async def build(settings: OrchestratorSettings, server: GrpcServer) -> Component:
+    engine = await asyncio.to_thread(create_database_engine, settings.database_url)
+    await asyncio.to_thread(ensure_schema, engine)
+    orchestrator = Orchestrator(settings, engine)
+    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(OrchestratorServicer(orchestrator.sessions), server.server)
+    return orchestrator
+
+
+SPEC = ServiceSpec(
+    name="orchestrator",
+    grpc_services=[orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name],
+    build=build,
+)
+
+
+def main() -> int:
+    return run_service(SPEC, OrchestratorSettings)

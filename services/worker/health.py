@@ -1,0 +1,79 @@
+"""The worker's local health endpoint: /healthz (live), /readyz (connected), /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import prometheus_client
+
+from callmeter.common.errors import ConfigError
+from callmeter.v1 import workers_pb2
+
+
+@dataclass
+class WorkerStatus:
+    """What the health endpoint reports; written by the link, read by HTTP threads."""
+
+    gateway: str
+    state: int = workers_pb2.WORKER_STATE_OFFLINE
+    worker_id: str = ""
+    last_heartbeat_ack: float | None = None
+    running_endpoints: int = 0
+    last_error: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def connected(self) -> bool:
+        return self.state in (workers_pb2.WORKER_STATE_ONLINE, workers_pb2.WORKER_STATE_BUSY)
+
+    def as_json(self) -> dict[str, object]:
+        with self.lock:
+            return {
+                "state": workers_pb2.WorkerState.Name(self.state).removeprefix("WORKER_STATE_").lower(),
+                "worker_id": self.worker_id,
+                "gateway": self.gateway,
+                "last_heartbeat": self.last_heartbeat_ack,
+                "running_endpoints": self.running_endpoints,
+                "last_error": self.last_error,
+            }
+
+
+def start_health_server(status: WorkerStatus, host: str, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/healthz":
+                self._reply(200, {"status": "live"})
+            elif self.path == "/readyz":
+                body = status.as_json()
+                self._reply(200 if status.connected else 503, body)
+            elif self.path == "/metrics":
+                payload = prometheus_client.generate_latest()
+                self.send_response(200)
+                self.send_header("Content-Type", prometheus_client.CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            else:
+                self._reply(404, {"error": f"no such path {self.path}"})
+
+        def _reply(self, code: int, body: dict[str, object]) -> None:
+            payload = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *_args: object) -> None:  # probes every few seconds must not flood the log
+            return None
+
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        raise ConfigError("CALLMETER_HEALTH_PORT", f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    return server

@@ -1,0 +1,60 @@
+"""Worker settings: CALLMETER_* variables plus the operators' own names for network settings."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from callmeter.common.settings import ProcessSettings
+from callmeter.v1 import common_pb2
+
+
+class WorkerSettings(ProcessSettings):
+    #: The gateway's host:port (443 in production).
+    gateway_address: str = "127.0.0.1:443"
+    #: The worker token, created through the API and shown once.
+    worker_token: SecretStr
+    #: Pin this CA for the gateway's certificate; unset trusts the system's roots.
+    ca_file: Path | None = None
+    #: Overrides the name checked against the gateway's certificate (for IP addresses behind a LB).
+    gateway_server_name: str | None = None
+    worker_name: str = Field(default_factory=socket.gethostname)
+    #: Labels tests select workers by, as key=value pairs separated by commas.
+    worker_labels: str = ""
+    #: Local health endpoint: /healthz, /readyz and /metrics. Never exposed beyond this host by default.
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(default=3030, ge=0, le=65535)
+    #: Reconnect backoff: first wait, doubled up to the maximum, with jitter.
+    reconnect_initial_s: float = Field(default=5.0, gt=0, le=600)
+    reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
+    #: Address SIP binds to (operators' name SIP_IP); empty binds all.
+    sip_ip: str = Field(default="", validation_alias="SIP_IP")
+    #: Address written into SDP for media (SDP_IP); empty uses the bound address.
+    sdp_ip: str = Field(default="", validation_alias="SDP_IP")
+    #: Public address for Via/Contact behind NAT (EXTERNAL_IP).
+    external_ip: str = Field(default="", validation_alias="EXTERNAL_IP")
+    #: RTP ports the engines share out, each engine a disjoint slice.
+    rtp_port_min: int = Field(default=10000, ge=1024, le=65535)
+    rtp_port_max: int = Field(default=65535, ge=1024, le=65535)
+    #: YAML or env-style file with SIP credentials by reference name; never sent to the platform.
+    secrets_file: Path | None = None
+
+    @field_validator("worker_labels")
+    @classmethod
+    def _labels(cls, value: str) -> str:
+        for pair in filter(None, (part.strip() for part in value.split(","))):
+            if "=" not in pair or not pair.split("=", 1)[0]:
+                raise ValueError(f"label {pair!r} is not key=value")
+        return value
+
+    @model_validator(mode="after")
+    def _rtp_range(self) -> WorkerSettings:
+        if self.rtp_port_min > self.rtp_port_max:
+            raise ValueError(f"CALLMETER_RTP_PORT_MIN ({self.rtp_port_min}) is above CALLMETER_RTP_PORT_MAX ({self.rtp_port_max})")
+        return self
+
+    def labels(self) -> list[common_pb2.Label]:
+        pairs = (part.strip().split("=", 1) for part in self.worker_labels.split(",") if part.strip())
+        return [common_pb2.Label(key=key.strip(), value=value.strip()) for key, value in pairs]
