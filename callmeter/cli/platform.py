@@ -15,7 +15,6 @@ Stop order is the reverse, each child drained with SIGTERM.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from callmeter.common.channels import check_health
+from callmeter.common.children import die_with_parent
 from callmeter.common.errors import ConfigError
 from callmeter.common.stores.database import create_database_engine
 from callmeter.common.stores.nats import EmbeddedNats
@@ -54,15 +54,6 @@ class Child:
     address: str
     log_file: Path
     ready: dict[str, int] = field(default_factory=dict)
-
-
-def _die_with_parent() -> None:
-    """Children get SIGTERM if `up` itself is killed, so that nothing is left running."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    os.setpgrp()  # a terminal's Ctrl-C reaches `up` only; `up` stops the children in order
 
 
 def rss_bytes(pid: int) -> int:
@@ -159,7 +150,7 @@ class Platform:
         full_env = {**os.environ, **env, "CALLMETER_READY_FILE": str(ready_file)}
         with log_file.open("ab") as log:
             process = subprocess.Popen([sys.executable, "-m", "callmeter.cli.main", name], env=full_env,
-                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent)
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=die_with_parent)
         return process, ready_file, log_file
 
     def _start_service(self, name: str, env: dict[str, str], ca_file: Path | None = None) -> Child:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -18,7 +17,6 @@ from callmeter.state import models
 from callmeter.state.migrate import MIGRATIONS, current_revision, downgrade, schema_diff, upgrade
 from callmeter.v1 import runs_pb2, tests_pb2
 
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/"
 MODEL_TABLES = set(models.Base.metadata.tables)
 HEAD = ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
@@ -26,24 +24,11 @@ HEAD = ScriptDirectory(str(MIGRATIONS)).get_current_head()
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """An empty database of each backend: a file for SQLite, a uuid-named database on PostgreSQL."""
-    if request.param == "sqlite":
-        engine = create_database_engine(f"sqlite:///{tmp_path / 'state.db'}")
-        yield engine
-        engine.dispose()
-        return
-    name = f"cm_test_{uuid.uuid4().hex}"
-    # CREATE/DROP DATABASE cannot run inside a transaction.
-    admin = create_database_engine(POSTGRES + "postgres").execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine = create_database_engine(POSTGRES + name)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    url = (f"sqlite:///{tmp_path / 'state.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    engine = create_database_engine(url)
+    yield engine
+    engine.dispose()
 
 
 def table_names(engine: Engine) -> set[str]:

@@ -12,9 +12,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import nats
+import structlog
 from nats.aio.client import Client
 
+from callmeter.common.children import die_with_parent
 from callmeter.common.errors import ConfigError
+
+log = structlog.get_logger(__name__)
 
 SCHEMES = ("nats", "tls")
 
@@ -26,20 +30,36 @@ def check_nats_url(url: str, setting: str) -> str:
     return url
 
 
-async def connect_nats(url: str, name: str, setting: str = "CALLMETER_NATS_URL") -> Client:
-    """Connects (reconnecting forever once up); an unreachable server at start is a ConfigError."""
+async def connect_nats(url: str, name: str, setting: str = "CALLMETER_NATS_URL",
+                       first_connect_timeout_s: float = 10.0) -> Client:
+    """Connects, then reconnects forever; no server within the first timeout is a ConfigError."""
     check_nats_url(url, setting)
+
+    async def on_error(exc: Exception) -> None:
+        # One line per error instead of nats-py's default traceback on every retry.
+        log.warning("nats_error", url=url, error=str(exc) or type(exc).__name__)
+
+    async def on_disconnected() -> None:
+        log.warning("nats_disconnected", url=url)
+
+    async def on_reconnected() -> None:
+        log.info("nats_reconnected", url=url)
+
     try:
-        return await nats.connect(
+        return await asyncio.wait_for(nats.connect(
             url,
             name=name,
-            connect_timeout=5,
+            connect_timeout=2,
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
-        )
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+        ), first_connect_timeout_s)
     except (OSError, asyncio.TimeoutError, nats.errors.NoServersError) as exc:
-        raise ConfigError(setting, f"cannot connect to {url}: {exc or type(exc).__name__}") from None
+        reason = str(exc) or f"no answer within {first_connect_timeout_s:.0f} s"
+        raise ConfigError(setting, f"cannot connect to {url}: {reason}") from None
 
 
 def nats_server_binary() -> Path:
@@ -71,7 +91,7 @@ class EmbeddedNats:
         args = [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(self.port), "-js",
                 "-sd", str(self.data_dir / "jetstream"), "-l", str(self.log_file)]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+                                        stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -1,0 +1,96 @@
+"""Test helpers: callmeter processes started as a user would, on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def callmeter_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "callmeter.cli.main", *args]
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALLMETER_")}
+    env.update(CALLMETER_LOG_FORMAT="json", CALLMETER_GRPC_PORT="0", CALLMETER_PROMETHEUS_PORT="0")
+    env.update(extra)
+    return env
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_file: Path
+    ready: dict[str, int]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.ready['grpc_port']}"
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def terminate(self, timeout_s: float = 10.0) -> int:
+        """SIGTERM and wait; returns the exit code (fails the test if it does not exit in time)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"{self.name} did not exit within {timeout_s} s of SIGTERM:\n{self.log()[-3000:]}")
+
+
+def start_service(name: str, tmp_path: Path, env: dict[str, str], timeout_s: float = 60.0) -> ServiceProcess:
+    """Starts `callmeter NAME` and waits for its ready file."""
+    ready_file = tmp_path / f"{name}-{time.monotonic_ns()}.ready"
+    log_file = tmp_path / f"{name}-{time.monotonic_ns()}.log"
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(callmeter_command(name), env={**base_env(**env), "CALLMETER_READY_FILE": str(ready_file)},
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=tmp_path)
+    deadline = time.monotonic() + timeout_s
+    while not ready_file.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"{name} exited with {process.returncode}:\n{log_file.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"{name} not ready within {timeout_s} s:\n{log_file.read_text()[-3000:]}")
+        time.sleep(0.05)
+    return ServiceProcess(name, process, log_file, json.loads(ready_file.read_text()))
+
+
+def run_callmeter(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60.0,
+                  cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(callmeter_command(*args), env=base_env(**(env or {})), capture_output=True, text=True,
+                          timeout=timeout_s, cwd=cwd)
+
+
+def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def eventually(check, timeout_s: float = 20.0, interval_s: float = 0.1, message: str = "condition"):  # type: ignore[no-untyped-def]
+    """Polls ``check`` until it returns a truthy value, which is returned; fails after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not reached within {timeout_s} s")
+        time.sleep(interval_s)

@@ -1,0 +1,137 @@
+"""A worker dials out to the gateway over TLS: admission by token, liveness, revocation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from callmeter.common.stores.database import create_database_engine
+from callmeter.common.stores.nats import EmbeddedNats
+from callmeter.common.tls import DevPki, ensure_dev_pki
+from callmeter.state.bootstrap import bootstrap_local
+from callmeter.state.models import Worker, WorkerToken, utcnow
+from tests.procs import ServiceProcess, eventually, http_get, start_service
+
+
+@dataclass
+class ControlPlane:
+    tmp_path: Path
+    database_url: str
+    orchestrator: ServiceProcess
+    gateway: ServiceProcess
+    pki: DevPki
+    worker_token: str
+
+    def start_worker(self, token: str | None = None, ca: Path | None = None, **env: str) -> ServiceProcess:
+        return start_service("worker", self.tmp_path, {
+            "CALLMETER_GATEWAY_ADDRESS": self.gateway.address, "CALLMETER_CA_FILE": str(ca or self.pki.ca_cert),
+            "CALLMETER_WORKER_TOKEN": token or self.worker_token, "CALLMETER_HEALTH_PORT": "0",
+            "CALLMETER_WORKER_NAME": "w1", "CALLMETER_WORKER_LABELS": "region=test,tier=a",
+            "CALLMETER_RECONNECT_INITIAL_S": "0.2", "CALLMETER_RECONNECT_MAX_S": "0.5", **env})
+
+    def worker_row(self, name: str = "w1") -> Worker | None:
+        engine = create_database_engine(self.database_url)
+        try:
+            with Session(engine) as session:
+                return session.scalar(sa.select(Worker).where(Worker.name == name))
+        finally:
+            engine.dispose()
+
+
+def readiness(worker: ServiceProcess) -> tuple[int, dict[str, object]]:
+    status, body = http_get(f"http://127.0.0.1:{worker.ready['health_port']}/readyz")
+    return status, json.loads(body)
+
+
+@pytest.fixture
+def plane(tmp_path: Path, nats_server: EmbeddedNats, pki: DevPki) -> Iterator[ControlPlane]:
+    database_url = f"sqlite:///{tmp_path / 'state.db'}"
+    orchestrator = start_service("orchestrator", tmp_path, {
+        "CALLMETER_DATABASE_URL": database_url, "CALLMETER_STALE_AFTER_S": "3", "CALLMETER_STALE_CHECK_INTERVAL_S": "0.5"})
+    engine = create_database_engine(database_url)
+    token = bootstrap_local(engine, existing_worker_token=None).worker_token_secret
+    engine.dispose()
+    gateway = start_service("gateway", tmp_path, {
+        "CALLMETER_NATS_URL": nats_server.url, "CALLMETER_TLS_CERT_FILE": str(pki.server_cert),
+        "CALLMETER_TLS_KEY_FILE": str(pki.server_key), "CALLMETER_ORCHESTRATOR_ADDRESS": orchestrator.address,
+        "CALLMETER_HEARTBEAT_INTERVAL_S": "1", "CALLMETER_REPORT_INTERVAL_S": "0.2"})
+    assert token is not None
+    yield ControlPlane(tmp_path, database_url, orchestrator, gateway, pki, token)
+    for service in (gateway, orchestrator):
+        assert service.terminate() == 0, service.log()[-2000:]
+
+
+def test_worker_is_admitted_and_recorded_online(plane: ControlPlane) -> None:
+    worker = plane.start_worker()
+    try:
+        eventually(lambda: readiness(worker)[0] == 200, message="worker ready")
+        row = eventually(lambda: plane.worker_row(), message="worker recorded")
+        assert row.state == "WORKER_STATE_ONLINE"
+        assert row.labels == [{"key": "region", "value": "test"}, {"key": "tier", "value": "a"}]
+        assert row.gateway_id
+    finally:
+        assert worker.terminate() == 0
+    eventually(lambda: plane.worker_row().state == "WORKER_STATE_OFFLINE", message="worker offline after it left")
+
+
+def test_wrong_token_is_refused_with_one_clear_line(plane: ControlPlane) -> None:
+    worker = plane.start_worker(token="cmw_wrong")
+    try:
+        eventually(lambda: "refused this worker's token" in str(readiness(worker)[1]["last_error"]),
+                   message="token refusal reported")
+        assert readiness(worker)[0] == 503
+        refusals = [line for line in worker.log().splitlines() if "refused this worker's token" in line]
+        assert refusals and all(json.loads(line)["level"] == "warning" for line in refusals)
+        assert "Traceback" not in worker.log()
+    finally:
+        assert worker.terminate() == 0
+    assert plane.worker_row() is None
+
+
+def test_gateway_signed_by_another_ca_is_not_trusted(plane: ControlPlane) -> None:
+    other = ensure_dev_pki(plane.tmp_path / "other-ca")
+    worker = plane.start_worker(ca=other.ca_cert)
+    try:
+        eventually(lambda: readiness(worker)[1]["last_error"], message="link error reported")
+        assert readiness(worker)[0] == 503
+        assert plane.worker_row() is None
+    finally:
+        assert worker.terminate() == 0
+
+
+def test_revoked_token_closes_the_live_stream(plane: ControlPlane) -> None:
+    worker = plane.start_worker()
+    try:
+        eventually(lambda: readiness(worker)[0] == 200, message="worker ready")
+        engine = create_database_engine(plane.database_url)
+        with Session(engine) as session, session.begin():
+            session.execute(sa.update(WorkerToken).values(revoked_at=utcnow()))
+        engine.dispose()
+        eventually(lambda: readiness(worker)[0] == 503, timeout_s=10, message="stream closed after revocation")
+        eventually(lambda: "refused this worker's token" in str(readiness(worker)[1]["last_error"]),
+                   message="reconnect refused")
+    finally:
+        assert worker.terminate() == 0
+
+
+def test_silent_worker_goes_to_error_and_recovers(plane: ControlPlane) -> None:
+    worker = plane.start_worker()
+    try:
+        eventually(lambda: (row := plane.worker_row()) is not None and row.state == "WORKER_STATE_ONLINE",
+                   message="online")
+        os.kill(worker.process.pid, signal.SIGSTOP)  # no heartbeats, stream still open
+        try:
+            eventually(lambda: plane.worker_row().state == "WORKER_STATE_ERROR", timeout_s=15, message="stale → ERROR")
+        finally:
+            os.kill(worker.process.pid, signal.SIGCONT)
+        eventually(lambda: plane.worker_row().state == "WORKER_STATE_ONLINE", timeout_s=15, message="recovered")
+    finally:
+        assert worker.terminate() == 0
