@@ -1,0 +1,61 @@
+"""YAML test files map 1:1 onto TestSpec, with every problem reported by field path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from callmeter.common.testspec import SpecError, parse_spec_yaml, spec_to_yaml
+from callmeter.v1 import common_pb2, tests_pb2
+from tests.procs import ROOT, run_callmeter
+
+
+def test_short_enums_and_numeric_durations() -> None:
+    spec = parse_spec_yaml("""
+name: t
+groups:
+  - {name: a, count: 2, role: caller, transport: TLS, srtp: mandatory, srtp_keying: sdes,
+     scenario: {call_duration: 20, ring_timeout: 1.5s, dtmf: {digits: "12#", method: sip_info}}}
+""")
+    group = spec.groups[0]
+    assert group.role == common_pb2.ENDPOINT_ROLE_CALLER
+    assert group.transport == common_pb2.TRANSPORT_TLS
+    assert group.srtp == common_pb2.SRTP_MODE_MANDATORY
+    assert group.scenario.call_duration.seconds == 20
+    assert group.scenario.ring_timeout.ToMilliseconds() == 1500
+    assert group.scenario.dtmf.method == common_pb2.DTMF_METHOD_SIP_INFO
+
+
+def test_every_problem_is_reported_with_its_path() -> None:
+    with pytest.raises(SpecError) as error:
+        parse_spec_yaml("name: t\ngroups:\n  - {name: a, transport: sctp}\n  - {name: b, colour: red}\n")
+    fields = [v.field for v in error.value.violations]
+    assert fields == ["groups[0].transport", "groups[1].colour"]
+    assert "udp, tcp, tls" in error.value.violations[0].description
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "name: [unclosed", "groups: 3"])
+def test_malformed_files_are_refused(text: str) -> None:
+    with pytest.raises(SpecError):
+        parse_spec_yaml(text)
+
+
+def test_round_trip_through_yaml() -> None:
+    spec = tests_pb2.TestSpec(name="t", groups=[tests_pb2.EndpointGroup(name="a", count=3, codecs=["PCMA", "PCMU"])])
+    assert parse_spec_yaml(spec_to_yaml(spec)) == spec
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_are_valid(example: Path) -> None:
+    result = run_callmeter("test", "validate", str(example))
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+
+
+def test_validate_command_reports_problems(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: t\ngroups: [{name: a, role: dancer}]\n")
+    result = run_callmeter("test", "validate", str(bad))
+    assert result.returncode == 2
+    assert "groups[0].role: 'dancer' is not one of" in result.stderr
