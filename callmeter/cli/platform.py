@@ -109,7 +109,7 @@ class Platform:
             metrics = self._start_service("metrics", {
                 **common, "CALLMETER_CLICKHOUSE_URL": f"chdb://{self.data_dir / 'metrics'}"})
             orchestrator = self._start_service("orchestrator", {
-                **common, "CALLMETER_DATABASE_URL": self.database_url})
+                **common, "CALLMETER_DATABASE_URL": self.database_url, "CALLMETER_METRICS_ADDRESS": metrics.address})
             gateway = self._start_service("gateway", {
                 **common, "CALLMETER_TLS_CERT_FILE": str(pki.server_cert), "CALLMETER_TLS_KEY_FILE": str(pki.server_key),
                 "CALLMETER_ORCHESTRATOR_ADDRESS": orchestrator.address}, ca_file=pki.ca_cert)

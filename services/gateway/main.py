@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import structlog
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from callmeter.common.channels import aio_channel
 from callmeter.common.grpc_server import GrpcServer, TlsFiles
 from callmeter.common.service import Component, ServiceSpec, run_service
 from callmeter.common.stores.metrics_stream import ensure_stream
 from callmeter.common.stores.nats import connect_nats
+from callmeter.common.stores.worker_commands import DELIVERED, SUBJECT_WILDCARD, worker_id_of
 from callmeter.v1 import orchestrator_pb2_grpc, workers_pb2, workers_pb2_grpc
 from services.gateway.publisher import BatchPublisher
 from services.gateway.reporter import EventReporter
 from services.gateway.servicer import GatewayServicer
 from services.gateway.settings import GatewaySettings
+
+log = structlog.get_logger(__name__)
 
 
 class Gateway:
@@ -22,6 +29,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, server: GrpcServer, nats: Client) -> None:
         self.settings = settings
         self.nats = nats
+        self.commands: Subscription | None = None
         self.channel = aio_channel(settings.orchestrator_address)
         self.reporter = EventReporter(
             orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel), settings.gateway_id,
@@ -33,8 +41,24 @@ class Gateway:
 
     async def start(self) -> None:
         self.reporter.start()
+        self.commands = await self.nats.subscribe(SUBJECT_WILDCARD, cb=self._on_command)
+
+    async def _on_command(self, msg: Msg) -> None:
+        """Queues an orchestrator's message on the stream of a worker this replica holds."""
+        session = self.servicer.sessions.get(worker_id_of(msg.subject))
+        if session is None:
+            return  # another replica holds it, or nobody does: silence means not delivered here
+        try:
+            message = workers_pb2.GatewayMessage.FromString(msg.data)
+        except DecodeError:
+            log.warning("bad_worker_command", subject=msg.subject)
+            return
+        session.send(message)
+        await msg.respond(DELIVERED)
 
     async def stop(self) -> None:
+        if self.commands is not None:
+            await self.commands.unsubscribe()
         self.servicer.close_all("gateway shutting down")
         await self.reporter.stop()
         await self.nats.drain()

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 
 import structlog
+from nats.aio.client import Client
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
+from callmeter.common.channels import aio_channel
 from callmeter.common.grpc_server import GrpcServer
 from callmeter.common.service import Component, ServiceSpec, run_service
 from callmeter.common.stores.database import create_database_engine
+from callmeter.common.stores.nats import connect_nats
 from callmeter.state.migrate import ensure_schema
-from callmeter.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from callmeter.v1 import orchestrator_pb2, orchestrator_pb2_grpc, results_pb2_grpc
 from services.orchestrator import workers
+from services.orchestrator.conductor import Conductor
 from services.orchestrator.servicer import OrchestratorServicer
 from services.orchestrator.settings import OrchestratorSettings
 
@@ -23,21 +27,28 @@ SETTINGS = OrchestratorSettings
 
 
 class Orchestrator:
-    """Background work: the staleness sweep over workers."""
+    """Background work: the run conductor and the staleness sweep over workers."""
 
-    def __init__(self, settings: OrchestratorSettings, engine: Engine) -> None:
+    def __init__(self, settings: OrchestratorSettings, engine: Engine, nats: Client) -> None:
         self.settings = settings
         self.engine = engine
+        self.nats = nats
+        self.metrics_channel = aio_channel(settings.metrics_address)
         self.sessions = sessionmaker(engine, expire_on_commit=False)
-        self.sweeper: asyncio.Task[None] | None = None
+        self.conductor = Conductor(settings, self.sessions, nats,
+                                   results_pb2_grpc.MetricsQueryServiceStub(self.metrics_channel))
+        self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self.sweeper = asyncio.create_task(self._sweep_stale(), name="stale-sweep")
+        self.tasks = [asyncio.create_task(self.conductor.run_forever(), name="conductor"),
+                      asyncio.create_task(self._sweep_stale(), name="stale-sweep")]
 
     async def stop(self) -> None:
-        if self.sweeper is not None:
-            self.sweeper.cancel()
-            await asyncio.gather(self.sweeper, return_exceptions=True)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.nats.drain()
+        await self.metrics_channel.close()
         self.engine.dispose()
 
     async def _sweep_stale(self) -> None:
@@ -55,8 +66,10 @@ class Orchestrator:
 async def build(settings: OrchestratorSettings, server: GrpcServer) -> Component:
     engine = await asyncio.to_thread(create_database_engine, settings.database_url)
     await asyncio.to_thread(ensure_schema, engine)
-    orchestrator = Orchestrator(settings, engine)
-    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(OrchestratorServicer(orchestrator.sessions), server.server)
+    nats = await connect_nats(settings.nats_url, name="callmeter-orchestrator")
+    orchestrator = Orchestrator(settings, engine, nats)
+    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
+        OrchestratorServicer(orchestrator.conductor), server.server)
     return orchestrator
 
 

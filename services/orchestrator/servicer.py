@@ -5,16 +5,32 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from sqlalchemy.orm import Session, sessionmaker
 
 from callmeter.common.errors import grpc_errors
-from callmeter.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from services.orchestrator import workers
+from callmeter.v1 import orchestrator_pb2, orchestrator_pb2_grpc, runs_pb2
+from services.orchestrator import runs, workers
+from services.orchestrator.conductor import Conductor
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        self.sessions = sessions
+    def __init__(self, conductor: Conductor) -> None:
+        self.conductor = conductor
+        self.sessions = conductor.sessions
+
+    @grpc_errors
+    async def SubmitRun(self, request: orchestrator_pb2.SubmitRunRequest,  # noqa: N802
+                        context: grpc.aio.ServicerContext) -> runs_pb2.Run:
+        run = await asyncio.to_thread(runs.submit, self.sessions, request.run_id)
+        self.conductor.wake.set()  # dispatch now rather than at the next tick
+        return run
+
+    @grpc_errors
+    async def CancelRun(self, request: runs_pb2.CancelRunRequest,  # noqa: N802
+                        context: grpc.aio.ServicerContext) -> runs_pb2.Run:
+        run, cancels = await asyncio.to_thread(runs.cancel, self.sessions, request.run_id)
+        for cancel in cancels:
+            await self.conductor.send_cancel(cancel, "cancelled by a user")
+        return run
 
     @grpc_errors
     async def AdmitWorker(self, request: orchestrator_pb2.AdmitWorkerRequest,  # noqa: N802
@@ -26,4 +42,6 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ReportWorkerEvents(self, request: orchestrator_pb2.ReportWorkerEventsRequest,  # noqa: N802
                                  context: grpc.aio.ServicerContext) -> orchestrator_pb2.ReportWorkerEventsResponse:
         revoked = await asyncio.to_thread(workers.record_events, self.sessions, request)
+        if any(event.WhichOneof("event") == "status" for event in request.events):
+            self.conductor.wake.set()
         return orchestrator_pb2.ReportWorkerEventsResponse(revoked_worker_ids=revoked)

@@ -6,6 +6,7 @@ from pydantic import Field, field_validator
 
 from callmeter.common.settings import CommonSettings
 from callmeter.common.stores.database import normalize_database_url
+from callmeter.common.stores.nats import check_nats_url
 
 
 class OrchestratorSettings(CommonSettings):
@@ -17,6 +18,21 @@ class OrchestratorSettings(CommonSettings):
     stale_after_s: float = Field(default=60.0, gt=0, le=3600)
     #: How often workers are checked for staleness.
     stale_check_interval_s: float = Field(default=5.0, gt=0, le=600)
+    #: NATS, through which assignments reach whichever gateway replica holds a worker.
+    nats_url: str = "nats://127.0.0.1:4222"
+    #: metrics-ingest's gRPC address, which serves run summaries.
+    metrics_address: str = "127.0.0.1:50054"
+    #: How often runs are driven forward (dispatch, timeouts, lost workers, collection).
+    tick_interval_s: float = Field(default=0.5, gt=0, le=60)
+    #: Wait this long after a run's execution ends before reading its summary (ingest lag).
+    collect_delay_s: float = Field(default=3.0, ge=0, le=600)
+    #: Give up reading a summary this long after execution ended; the run is FAILED then.
+    collect_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats(cls, value: str) -> str:
+        return check_nats_url(value, "CALLMETER_NATS_URL")
 
     @field_validator("database_url")
     @classmethod

@@ -15,6 +15,7 @@ from callmeter.common.tokens import hash_secret
 from callmeter.state.convert import worker_to_proto
 from callmeter.state.models import Worker, WorkerToken, utcnow
 from callmeter.v1 import orchestrator_pb2, workers_pb2
+from services.orchestrator.runs import record_status
 
 STATE = workers_pb2.WorkerState.Name
 LIVE_STATES = [STATE(s) for s in (workers_pb2.WORKER_STATE_ONLINE, workers_pb2.WORKER_STATE_BUSY,
@@ -65,6 +66,8 @@ def record_events(sessions: sessionmaker[Session], request: orchestrator_pb2.Rep
                 worker.running_endpoints = max(0, event.heartbeat.running_endpoints)
                 if event.heartbeat.state in CLAIMABLE_STATES:
                     worker.state = STATE(event.heartbeat.state)
+            elif kind == "status":
+                record_status(session, worker.id, event.status)
             elif kind == "goodbye":
                 worker.state = STATE(workers_pb2.WORKER_STATE_DRAINING)
             elif kind == "disconnected":

@@ -22,6 +22,7 @@ class WorkerStatus:
     worker_id: str = ""
     last_heartbeat_ack: float | None = None
     running_endpoints: int = 0
+    dropped_samples: int = 0
     last_error: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -37,6 +38,7 @@ class WorkerStatus:
                 "gateway": self.gateway,
                 "last_heartbeat": self.last_heartbeat_ack,
                 "running_endpoints": self.running_endpoints,
+                "dropped_samples": self.dropped_samples,
                 "last_error": self.last_error,
             }
 

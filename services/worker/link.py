@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 
 import grpc
 import structlog
@@ -23,6 +24,9 @@ from services.worker.settings import WorkerSettings
 
 log = structlog.get_logger(__name__)
 
+# How long a stopping worker waits for queued messages to be written.
+FLUSH_TIMEOUT_S = 5.0
+
 
 def backoff_delays(initial_s: float, max_s: float, rng: random.Random | None = None):  # type: ignore[no-untyped-def]
     """Yields the waits between attempts: initial, doubled up to max, each jittered ±20 %."""
@@ -34,12 +38,25 @@ def backoff_delays(initial_s: float, max_s: float, rng: random.Random | None = N
 
 
 class GatewayLink:
-    def __init__(self, settings: WorkerSettings, status: WorkerStatus, capacity: workers_pb2.WorkerCapacity) -> None:
+    """Holds the stream; what the gateway sends goes to ``on_message``, what the supervisor sends
+    goes through ``send`` (dropped while disconnected: statuses and unacked batches are resent
+    from ``on_connected`` after the next welcome)."""
+
+    def __init__(self, settings: WorkerSettings, status: WorkerStatus, capacity: workers_pb2.WorkerCapacity,
+                 on_message: Callable[[workers_pb2.GatewayMessage], None],
+                 on_connected: Callable[[], list[workers_pb2.WorkerMessage]]) -> None:
         self.settings = settings
         self.status = status
         self.capacity = capacity
+        self.on_message = on_message
+        self.on_connected = on_connected
         self.stopping = asyncio.Event()
         self.call: grpc.aio.StreamStreamCall | None = None
+        self.outbound: asyncio.Queue[workers_pb2.WorkerMessage] | None = None
+
+    def send(self, message: workers_pb2.WorkerMessage) -> None:
+        if self.outbound is not None:
+            self.outbound.put_nowait(message)
 
     async def run(self) -> None:
         """Connects and reconnects until ``stop()``."""
@@ -58,16 +75,19 @@ class GatewayLink:
                 pass
 
     async def stop(self, reason: str) -> None:
-        """Says goodbye and half-closes the stream; the gateway then ends it and ``run`` returns."""
+        """Says goodbye after what is queued and half-closes the stream; the gateway then ends it
+        and ``run`` returns."""
         self.stopping.set()
-        call = self.call
-        if call is not None and self.status.connected:
-            self._set_state(workers_pb2.WORKER_STATE_DRAINING)
-            try:
-                await call.write(workers_pb2.WorkerMessage(goodbye=workers_pb2.Goodbye(reason=reason)))
-                await call.done_writing()
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                pass
+        call, queue = self.call, self.outbound
+        if call is None or queue is None or not self.status.connected:
+            return
+        self._set_state(workers_pb2.WORKER_STATE_DRAINING)
+        queue.put_nowait(workers_pb2.WorkerMessage(goodbye=workers_pb2.Goodbye(reason=reason)))
+        try:
+            await asyncio.wait_for(queue.join(), FLUSH_TIMEOUT_S)
+            await call.done_writing()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, asyncio.TimeoutError):
+            pass
 
     def _set_state(self, state: int, **fields: object) -> None:
         with self.status.lock:
@@ -94,12 +114,18 @@ class GatewayLink:
             self._set_state(workers_pb2.WORKER_STATE_ONLINE, worker_id=welcome.worker_id, last_error="")
             log.info("connected", gateway=settings.gateway_address, worker_id=welcome.worker_id,
                      gateway_id=welcome.gateway_id, heartbeat_s=welcome.heartbeat_interval_s)
-            heartbeats = asyncio.create_task(self._heartbeats(call, welcome.heartbeat_interval_s))
+            self.outbound = asyncio.Queue()
+            for message in self.on_connected():
+                self.outbound.put_nowait(message)
+            writers = [asyncio.create_task(self._heartbeats(welcome.heartbeat_interval_s)),
+                       asyncio.create_task(self._write_loop(call))]
             try:
                 await self._read_loop(call)
             finally:
-                heartbeats.cancel()
-                await asyncio.gather(heartbeats, return_exceptions=True)
+                self.outbound = None
+                for task in writers:
+                    task.cancel()
+                await asyncio.gather(*writers, return_exceptions=True)
         except grpc.aio.AioRpcError as exc:
             if not self.stopping.is_set():
                 self._report_error(exc)
@@ -124,15 +150,24 @@ class GatewayLink:
         self._set_state(workers_pb2.WORKER_STATE_OFFLINE, last_error=message)
         log.warning("link_down", code=code.name, error=message)
 
-    async def _heartbeats(self, call: grpc.aio.StreamStreamCall, interval_s: int) -> None:
+    async def _heartbeats(self, interval_s: int) -> None:
         while True:
             sent = Timestamp()
             sent.GetCurrentTime()
             with self.status.lock:
                 state, running = self.status.state, self.status.running_endpoints
-            await call.write(workers_pb2.WorkerMessage(heartbeat=workers_pb2.Heartbeat(
-                sent_at=sent, running_endpoints=running, state=state)))
+            self.send(workers_pb2.WorkerMessage(heartbeat=workers_pb2.Heartbeat(
+                sent_at=sent, running_endpoints=running, state=state, dropped_samples=self.status.dropped_samples)))
             await asyncio.sleep(interval_s * random.uniform(0.9, 1.0))
+
+    async def _write_loop(self, call: grpc.aio.StreamStreamCall) -> None:
+        """The only writer of the stream, so messages never interleave."""
+        assert self.outbound is not None
+        queue = self.outbound
+        while True:
+            message = await queue.get()
+            await call.write(message)
+            queue.task_done()
 
     async def _read_loop(self, call: grpc.aio.StreamStreamCall) -> None:
         while True:
@@ -148,4 +183,4 @@ class GatewayLink:
                 self._set_state(workers_pb2.WORKER_STATE_OFFLINE, last_error=message.disconnect.reason)
                 return
             else:
-                log.info("message_ignored", kind=kind)
+                self.on_message(message)

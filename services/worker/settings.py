@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -38,8 +39,14 @@ class WorkerSettings(ProcessSettings):
     #: RTP ports the engines share out, each engine a disjoint slice.
     rtp_port_min: int = Field(default=10000, ge=1024, le=65535)
     rtp_port_max: int = Field(default=65535, ge=1024, le=65535)
-    #: YAML or env-style file with SIP credentials by reference name; never sent to the platform.
+    #: YAML file with SIP credentials by reference name; never sent to the platform.
     secrets_file: Path | None = None
+    #: Engine processes (one pjsua2 stack each) this worker may run at once.
+    max_engines: int = Field(default_factory=lambda: 16 * (os.cpu_count() or 1), ge=1, le=4096)
+    #: Samples are sent up in one batch per run this often.
+    flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+    #: Bound of the buffer of batches the gateway has not acked; the oldest are dropped beyond it.
+    send_buffer_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
 
     @field_validator("worker_labels")
     @classmethod

@@ -47,8 +47,8 @@ def test_unknown_nats_scheme(tmp_path: Path) -> None:
 
 def test_unreachable_postgresql(tmp_path: Path) -> None:
     # A port where nothing speaks PostgreSQL: the connection fails at once.
-    result = run_callmeter("orchestrator", env={"CALLMETER_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"},
-                           cwd=tmp_path)
+    result = run_callmeter("orchestrator", env={"CALLMETER_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none",
+                                                "CALLMETER_NATS_URL": "nats://127.0.0.1:1"}, cwd=tmp_path)
     assert_one_line_error(result, "CALLMETER_DATABASE_URL", "cannot connect")
 
 

@@ -19,7 +19,7 @@ from tests.procs import http_get, start_service
 def service_env(name: str, tmp_path: Path, nats: EmbeddedNats, pki: DevPki, database_url: str) -> dict[str, str]:
     return {
         "api": {"CALLMETER_DATABASE_URL": database_url},
-        "orchestrator": {"CALLMETER_DATABASE_URL": database_url},
+        "orchestrator": {"CALLMETER_DATABASE_URL": database_url, "CALLMETER_NATS_URL": nats.url},
         # The gateway starts without an orchestrator: it only needs one once a worker says hello.
         "gateway": {"CALLMETER_NATS_URL": nats.url, "CALLMETER_TLS_CERT_FILE": str(pki.server_cert),
                     "CALLMETER_TLS_KEY_FILE": str(pki.server_key), "CALLMETER_ORCHESTRATOR_ADDRESS": "127.0.0.1:1"},

@@ -55,7 +55,7 @@ def readiness(worker: ServiceProcess) -> tuple[int, dict[str, object]]:
 def plane(tmp_path: Path, nats_server: EmbeddedNats, pki: DevPki) -> Iterator[ControlPlane]:
     database_url = f"sqlite:///{tmp_path / 'state.db'}"
     orchestrator = start_service("orchestrator", tmp_path, {
-        "CALLMETER_DATABASE_URL": database_url, "CALLMETER_STALE_AFTER_S": "3", "CALLMETER_STALE_CHECK_INTERVAL_S": "0.5"})
+        "CALLMETER_DATABASE_URL": database_url, "CALLMETER_NATS_URL": nats_server.url, "CALLMETER_STALE_AFTER_S": "3", "CALLMETER_STALE_CHECK_INTERVAL_S": "0.5"})
     engine = create_database_engine(database_url)
     token = bootstrap_local(engine, existing_worker_token=None).worker_token_secret
     engine.dispose()

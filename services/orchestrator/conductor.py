@@ -1,0 +1,76 @@
+"""Drives runs forward on a tick: dispatch pending assignments, send cancels, collect summaries.
+
+Everything it decides is read from and written to the state store (services/orchestrator/runs.py),
+so a restarted orchestrator picks up every run where the last one left it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import structlog
+from nats.aio.client import Client
+from sqlalchemy.orm import Session, sessionmaker
+
+from callmeter.common.stores.worker_commands import send_to_worker
+from callmeter.state.models import utcnow
+from callmeter.v1 import results_pb2, results_pb2_grpc, workers_pb2
+from services.orchestrator import runs
+from services.orchestrator.settings import OrchestratorSettings
+
+log = structlog.get_logger(__name__)
+
+
+class Conductor:
+    def __init__(self, settings: OrchestratorSettings, sessions: sessionmaker[Session], nats: Client,
+                 metrics: results_pb2_grpc.MetricsQueryServiceStub) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.nats = nats
+        self.metrics = metrics
+        self.wake = asyncio.Event()
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # a store or broker hiccup must not end the loop; the next tick retries
+                log.exception("tick_failed")
+            try:
+                await asyncio.wait_for(self.wake.wait(), self.settings.tick_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
+
+    async def tick(self) -> None:
+        for dispatch in await asyncio.to_thread(runs.pending_dispatches, self.sessions):
+            delivered = await send_to_worker(self.nats, dispatch.worker_id,
+                                             workers_pb2.GatewayMessage(assignment=dispatch.assignment))
+            log.info("assignment_sent", run_id=dispatch.run_id, worker_id=dispatch.worker_id, delivered=delivered)
+            await asyncio.to_thread(runs.mark_delivery, self.sessions, dispatch, delivered)
+        cancels, collects = await asyncio.to_thread(
+            runs.advance, self.sessions, utcnow(), self.settings.stale_after_s, self.settings.collect_delay_s)
+        for cancel in cancels:
+            await self.send_cancel(cancel, "the run reached its timeout")
+        for collect in collects:
+            await self.collect(collect)
+
+    async def send_cancel(self, cancel: runs.Dispatch, reason: str) -> None:
+        message = workers_pb2.GatewayMessage(cancel=workers_pb2.CancelAssignment(run_id=cancel.run_id, reason=reason))
+        delivered = await send_to_worker(self.nats, cancel.worker_id, message)
+        log.info("cancel_sent", run_id=cancel.run_id, worker_id=cancel.worker_id, delivered=delivered)
+
+    async def collect(self, collect: runs.Collect) -> None:
+        try:
+            summary = await self.metrics.GetRunSummary(
+                results_pb2.RunSummaryRequest(run_id=collect.run_id, groups=collect.groups), timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("summary_unavailable", run_id=collect.run_id, code=exc.code().name, detail=exc.details())
+            ended = await asyncio.to_thread(runs.ended_at, self.sessions, collect.run_id)
+            if ended is not None and (utcnow() - ended).total_seconds() > self.settings.collect_timeout_s:
+                await asyncio.to_thread(runs.fail, self.sessions, collect.run_id,
+                                        f"the metrics store did not answer for {self.settings.collect_timeout_s:.0f} s")
+            return
+        await asyncio.to_thread(runs.finish, self.sessions, collect.run_id, summary)
+        log.info("run_collected", run_id=collect.run_id)

@@ -1,0 +1,246 @@
+"""The run lifecycle as plain functions over the state store, so an orchestrator restart resumes
+every run from what is stored: nothing about a run lives only in memory.
+
+QUEUED ─submit→ DISPATCHING ─every placement sent→ RUNNING ─all placements ended, or the
+deadline→ COLLECTING ─summary read→ FINISHED. No capacity → FAILED; a user's cancel → CANCELLED.
+Placements are pending (ASSIGNMENT_STATE_UNSPECIFIED) until their assignment is delivered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from callmeter.common.errors import CallmeterError, ErrorCode
+from callmeter.state.convert import run_to_proto
+from callmeter.state.models import Run, RunPlacement, TestVersion, Worker, utcnow
+from callmeter.v1 import results_pb2, runs_pb2, tests_pb2, workers_pb2
+from services.orchestrator.placement import Candidate, place
+from services.orchestrator.verdict import judge
+
+RUN = runs_pb2.RunState.Name
+ASSIGNMENT = workers_pb2.AssignmentState.Name
+PENDING = ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_UNSPECIFIED)
+TERMINAL = {ASSIGNMENT(s) for s in (workers_pb2.ASSIGNMENT_STATE_DONE, workers_pb2.ASSIGNMENT_STATE_FAILED,
+                                    workers_pb2.ASSIGNMENT_STATE_CANCELLED)}
+EXECUTING = [RUN(runs_pb2.RUN_STATE_DISPATCHING), RUN(runs_pb2.RUN_STATE_RUNNING)]
+ENDED = {RUN(s) for s in (runs_pb2.RUN_STATE_FINISHED, runs_pb2.RUN_STATE_FAILED, runs_pb2.RUN_STATE_CANCELLED)}
+MAX_ERRORS_KEPT = 100
+# Workers start an assignment this long after it is sent, so that all of a run's workers begin together.
+START_DELAY = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    run_id: str
+    worker_id: str
+    assignment: workers_pb2.Assignment
+
+
+@dataclass(frozen=True)
+class Collect:
+    run_id: str
+    groups: list[str]
+
+
+def _spec(session: Session, run: Run) -> tests_pb2.TestSpec:
+    version = session.get(TestVersion, (run.test_id, run.test_version))
+    if version is None:
+        raise CallmeterError(ErrorCode.NOT_FOUND, f"run {run.id} pins test version {run.test_version}, which is gone")
+    return tests_pb2.TestSpec.FromString(version.spec)
+
+
+def _placements(session: Session, run_id: str) -> list[RunPlacement]:
+    return list(session.scalars(sa.select(RunPlacement).where(RunPlacement.run_id == run_id)
+                                .order_by(RunPlacement.worker_id, RunPlacement.group_name, RunPlacement.first_index)))
+
+
+def _candidates(session: Session) -> list[Candidate]:
+    """Online or busy workers with the endpoints they can still take."""
+    live = [workers_pb2.WorkerState.Name(s) for s in (workers_pb2.WORKER_STATE_ONLINE, workers_pb2.WORKER_STATE_BUSY)]
+    reserved = dict(session.execute(
+        sa.select(RunPlacement.worker_id, sa.func.sum(RunPlacement.count))
+        .join(Run, Run.id == RunPlacement.run_id)
+        .where(Run.state.in_(EXECUTING), RunPlacement.state.not_in(TERMINAL))
+        .group_by(RunPlacement.worker_id)).all())
+    candidates = []
+    for worker in session.scalars(sa.select(Worker).where(Worker.state.in_(live)).order_by(Worker.name)):
+        capacity = workers_pb2.WorkerCapacity.FromString(worker.capacity)
+        candidates.append(Candidate(
+            worker_id=worker.id, name=worker.name, free=capacity.max_endpoints - int(reserved.get(worker.id, 0)),
+            codecs=list(capacity.codecs), transports=set(capacity.transports),
+            labels={label["key"]: label["value"] for label in worker.labels}))
+    return candidates
+
+
+def submit(sessions: sessionmaker[Session], run_id: str) -> runs_pb2.Run:
+    """Places a QUEUED run; without capacity the run is FAILED with the shortfall as its reason."""
+    with sessions.begin() as session:
+        run = session.get(Run, run_id, with_for_update=True)
+        if run is None:
+            raise CallmeterError(ErrorCode.NOT_FOUND, f"no run {run_id!r}")
+        if run.state != RUN(runs_pb2.RUN_STATE_QUEUED):
+            return run_to_proto(run, _placements(session, run_id))  # submitted before: idempotent
+        try:
+            slices = place(_spec(session, run), _candidates(session))
+        except CallmeterError as error:
+            run.state, run.verdict = RUN(runs_pb2.RUN_STATE_FAILED), runs_pb2.Verdict.Name(runs_pb2.VERDICT_ERROR)
+            run.reasons, run.ended_at = [error.detail], utcnow()
+            return run_to_proto(run)
+        for piece in slices:
+            session.add(RunPlacement(run_id=run.id, worker_id=piece.worker_id, group_name=piece.group,
+                                     first_index=piece.first_index, count=piece.count, state=PENDING))
+        run.state = RUN(runs_pb2.RUN_STATE_DISPATCHING)
+        session.flush()
+        return run_to_proto(run, _placements(session, run_id))
+
+
+def pending_dispatches(sessions: sessionmaker[Session]) -> list[Dispatch]:
+    """Assignments not yet delivered, one per worker of each dispatching run."""
+    with sessions.begin() as session:
+        dispatches = []
+        runs = session.scalars(sa.select(Run).where(Run.state == RUN(runs_pb2.RUN_STATE_DISPATCHING)))
+        for run in runs:
+            spec = _spec(session, run)
+            by_worker: dict[str, list[RunPlacement]] = {}
+            for placement in _placements(session, run.id):
+                if placement.state == PENDING:
+                    by_worker.setdefault(placement.worker_id, []).append(placement)
+            for worker_id, placements in by_worker.items():
+                assignment = workers_pb2.Assignment(run_id=run.id, spec=spec, slices=[
+                    workers_pb2.EndpointSlice(group=p.group_name, first_index=p.first_index, count=p.count)
+                    for p in placements])
+                assignment.start_at.FromDatetime(utcnow() + START_DELAY)
+                dispatches.append(Dispatch(run.id, worker_id, assignment))
+        return dispatches
+
+
+def mark_delivery(sessions: sessionmaker[Session], dispatch: Dispatch, delivered: bool) -> None:
+    with sessions.begin() as session:
+        for placement in _placements(session, dispatch.run_id):
+            if placement.worker_id == dispatch.worker_id and placement.state == PENDING:
+                if delivered:
+                    placement.state = ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_ACCEPTED)
+                else:
+                    placement.state = ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_FAILED)
+                    placement.endpoints_failed = placement.count
+                    placement.errors = [*placement.errors, "the worker was not connected to any gateway"]
+        run = session.get(Run, dispatch.run_id)
+        if run is not None and run.state == RUN(runs_pb2.RUN_STATE_DISPATCHING) and \
+                all(p.state != PENDING for p in _placements(session, run.id)):
+            run.state, run.started_at = RUN(runs_pb2.RUN_STATE_RUNNING), utcnow()
+
+
+def record_status(session: Session, worker_id: str, status: workers_pb2.AssignmentStatus) -> None:
+    """A worker's report on its part of a run (called inside the events transaction)."""
+    placements = session.scalars(sa.select(RunPlacement).where(
+        RunPlacement.run_id == status.run_id, RunPlacement.worker_id == worker_id))
+    new_errors = [f"{e.group}[{e.endpoint}]: {e.reason}" + (f" (SIP {e.sip_code})" if e.sip_code else "")
+                  for e in status.errors]
+    for placement in placements:
+        if placement.state in TERMINAL:
+            continue
+        placement.state = ASSIGNMENT(status.state)
+        placement.endpoints_failed = min(placement.count, status.endpoints_failed)
+        placement.errors = [*placement.errors, *new_errors][:MAX_ERRORS_KEPT]
+        new_errors = []  # recorded once per worker, on its first placement
+
+
+def advance(sessions: sessionmaker[Session], now: datetime, lost_after_s: float,
+            collect_delay_s: float) -> tuple[list[Dispatch], list[Collect]]:
+    """Timeouts, lost workers, ended executions. Returns cancellations to send and the runs whose
+    summary is due (``collect_delay_s`` after execution ended, so that the last samples are in)."""
+    cancels: list[Dispatch] = []
+    collects: list[Collect] = []
+    with sessions.begin() as session:
+        for run in session.scalars(sa.select(Run).where(Run.state.in_(EXECUTING))):
+            placements = _placements(session, run.id)
+            if run.deadline_at is not None and now >= run.deadline_at:
+                for worker_id in {p.worker_id for p in placements if p.state not in TERMINAL}:
+                    cancels.append(Dispatch(run.id, worker_id, workers_pb2.Assignment(run_id=run.id)))
+                for placement in placements:
+                    if placement.state not in TERMINAL:
+                        placement.state = ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_CANCELLED)
+                run.reasons = [*run.reasons, "the run reached its timeout"]
+            for placement in placements:
+                if placement.state not in TERMINAL and _lost(session.get(Worker, placement.worker_id), now, lost_after_s):
+                    placement.state = ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_FAILED)
+                    placement.endpoints_failed = placement.count
+                    placement.errors = [*placement.errors, "worker lost during the run"]
+            if all(p.state in TERMINAL for p in placements):
+                run.state, run.ended_at = RUN(runs_pb2.RUN_STATE_COLLECTING), now
+        due = now - timedelta(seconds=collect_delay_s)
+        for run in session.scalars(sa.select(Run).where(
+                Run.state.in_([RUN(runs_pb2.RUN_STATE_COLLECTING), RUN(runs_pb2.RUN_STATE_CANCELLED)]),
+                Run.summary.is_(None), Run.ended_at <= due)):
+            collects.append(Collect(run.id, [group.name for group in _spec(session, run).groups]))
+    return cancels, collects
+
+
+def _lost(worker: Worker | None, now: datetime, lost_after_s: float) -> bool:
+    if worker is None or worker.state == workers_pb2.WorkerState.Name(workers_pb2.WORKER_STATE_ERROR):
+        return True
+    silent_since = worker.last_heartbeat or worker.updated_at
+    return worker.state == workers_pb2.WorkerState.Name(workers_pb2.WORKER_STATE_OFFLINE) and \
+        now - silent_since > timedelta(seconds=lost_after_s)
+
+
+def finish(sessions: sessionmaker[Session], run_id: str, summary: results_pb2.RunSummary) -> None:
+    """Stores the summary; a collecting run gets its verdict and FINISHED (FAILED if nothing ran)."""
+    with sessions.begin() as session:
+        run = session.get(Run, run_id)
+        if run is None or run.summary is not None:
+            return
+        placements = _placements(session, run_id)
+        errors = [f"{p.group_name} on worker {p.worker_id[:8]}: {e}" for p in placements for e in p.errors]
+        if run.state == RUN(runs_pb2.RUN_STATE_COLLECTING):
+            spec = _spec(session, run)
+            if placements and all(p.endpoints_failed >= p.count for p in placements) and not summary.total.calls_attempted:
+                run.state, run.verdict = RUN(runs_pb2.RUN_STATE_FAILED), runs_pb2.Verdict.Name(runs_pb2.VERDICT_ERROR)
+                run.reasons = [*run.reasons, "no endpoint ran", *errors[:10]]
+            else:
+                verdict, reasons = judge(summary, list(spec.gates))
+                run.state, run.verdict = RUN(runs_pb2.RUN_STATE_FINISHED), runs_pb2.Verdict.Name(verdict)
+                run.reasons = [*run.reasons, *reasons, *errors[:10]]
+        run.summary = summary.SerializeToString()
+
+
+def cancel(sessions: sessionmaker[Session], run_id: str) -> tuple[runs_pb2.Run, list[Dispatch]]:
+    """Cancels a run that has not ended; returns it and the cancellations to send to workers."""
+    with sessions.begin() as session:
+        run = session.get(Run, run_id, with_for_update=True)
+        if run is None:
+            raise CallmeterError(ErrorCode.NOT_FOUND, f"no run {run_id!r}")
+        placements = _placements(session, run_id)
+        if run.state in ENDED:
+            return run_to_proto(run, placements), []
+        cancels = [Dispatch(run.id, worker_id, workers_pb2.Assignment(run_id=run.id))
+                   for worker_id in {p.worker_id for p in placements if p.state not in TERMINAL and p.state != PENDING}]
+        for placement in placements:
+            if placement.state not in TERMINAL:
+                placement.state = ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_CANCELLED)
+        run.state, run.verdict = RUN(runs_pb2.RUN_STATE_CANCELLED), runs_pb2.Verdict.Name(runs_pb2.VERDICT_ERROR)
+        run.ended_at = utcnow()
+        run.reasons = [*run.reasons, "cancelled"]
+        return run_to_proto(run, placements), cancels
+
+
+def fail(sessions: sessionmaker[Session], run_id: str, reason: str) -> None:
+    """Ends a run that cannot be judged (e.g. its summary stayed unreadable)."""
+    with sessions.begin() as session:
+        run = session.get(Run, run_id)
+        if run is None or run.state in {RUN(runs_pb2.RUN_STATE_FINISHED), RUN(runs_pb2.RUN_STATE_FAILED)}:
+            return
+        if run.state != RUN(runs_pb2.RUN_STATE_CANCELLED):
+            run.state, run.verdict = RUN(runs_pb2.RUN_STATE_FAILED), runs_pb2.Verdict.Name(runs_pb2.VERDICT_ERROR)
+        run.reasons = [*run.reasons, reason]
+        run.summary = results_pb2.RunSummary(run_id=run_id).SerializeToString()
+
+
+def ended_at(sessions: sessionmaker[Session], run_id: str) -> datetime | None:
+    with sessions() as session:
+        run = session.get(Run, run_id)
+        return run.ended_at if run else None

@@ -1,0 +1,134 @@
+"""The worker's supervisor: takes assignments, runs them on engine processes, batches samples.
+
+It never touches pjsua2 itself, so no SIP-stack assertion can take it down: engines are child
+processes, and a dead one is reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable
+
+import structlog
+
+from callmeter.common.codecs import codec_names
+from callmeter.v1 import common_pb2, engine_pb2, workers_pb2
+from services.worker import credentials
+from services.worker.execution import RunExecution
+from services.worker.packing import pack, rtp_ranges
+from services.worker.settings import WorkerSettings
+from services.worker.uplink import Uplink
+
+log = structlog.get_logger(__name__)
+
+# Final statuses kept for resending after a reconnect, in case the stream dropped them.
+FINISHED_KEPT = 50
+TRANSPORTS = [common_pb2.TRANSPORT_UDP, common_pb2.TRANSPORT_TCP, common_pb2.TRANSPORT_TLS]
+
+
+def capacity_from(ready: engine_pb2.EngineReady | None, max_engines: int) -> workers_pb2.WorkerCapacity:
+    """What this worker can run, from what a probe engine reported (nothing if none started)."""
+    if ready is None:
+        return workers_pb2.WorkerCapacity()
+    per_engine = min(ready.max_calls, ready.max_accounts)
+    return workers_pb2.WorkerCapacity(
+        max_endpoints=per_engine * max_engines, codecs=list(ready.codecs), transports=TRANSPORTS,
+        srtp_keyings=[common_pb2.SRTP_KEYING_SDES], engine_max_calls=ready.max_calls,
+        engine_max_accounts=ready.max_accounts, max_engines=max_engines)
+
+
+class Supervisor:
+    def __init__(self, settings: WorkerSettings, capacity: workers_pb2.WorkerCapacity,
+                 send: Callable[[workers_pb2.WorkerMessage], None]) -> None:
+        self.settings = settings
+        self.capacity = capacity
+        self.send = send
+        self.uplink = Uplink(settings.send_buffer_bytes)
+        self.secrets = credentials.load_secrets_file(settings.secrets_file)
+        self.executions: dict[str, RunExecution] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.finished: OrderedDict[str, workers_pb2.AssignmentStatus] = OrderedDict()
+        self.free_slots = list(range(capacity.max_engines))
+        self.slot_ranges = rtp_ranges(settings.rtp_port_min, settings.rtp_port_max, max(1, capacity.max_engines))
+
+    @property
+    def running_endpoints(self) -> int:
+        return sum(execution.running_endpoints for execution in self.executions.values())
+
+    def handle(self, message: workers_pb2.GatewayMessage) -> None:
+        kind = message.WhichOneof("message")
+        if kind == "assignment":
+            self._accept(message.assignment)
+        elif kind == "cancel":
+            execution = self.executions.get(message.cancel.run_id)
+            if execution is not None:
+                asyncio.create_task(execution.cancel(message.cancel.reason or "cancelled"))
+        elif kind == "batch_ack":
+            self.uplink.ack(message.batch_ack.run_id, message.batch_ack.sequence)
+        else:
+            log.info("message_ignored", kind=kind)
+
+    def on_connected(self) -> list[workers_pb2.WorkerMessage]:
+        """What a new stream must carry first: the status of every run, then unacked batches."""
+        statuses = [*self.finished.values(), *(e.status() for e in self.executions.values())]
+        messages = [workers_pb2.WorkerMessage(status=status) for status in statuses]
+        return messages + [workers_pb2.WorkerMessage(metrics=batch) for batch in self.uplink.resend()]
+
+    def flush(self) -> None:
+        """Sends the samples gathered since the last flush, one batch per run."""
+        for batch in self.uplink.seal():
+            self.send(workers_pb2.WorkerMessage(metrics=batch))
+
+    async def stop(self, reason: str) -> None:
+        await asyncio.gather(*(execution.cancel(reason) for execution in self.executions.values()))
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.flush()
+
+    def _status(self, status: workers_pb2.AssignmentStatus) -> None:
+        self.send(workers_pb2.WorkerMessage(status=status))
+
+    def _refuse(self, run_id: str, reason: str) -> None:
+        log.warning("assignment_refused", run_id=run_id, reason=reason)
+        self._status(workers_pb2.AssignmentStatus(run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_FAILED,
+                                                  errors=[workers_pb2.EndpointError(reason=reason)]))
+
+    def _accept(self, assignment: workers_pb2.Assignment) -> None:
+        run_id = assignment.run_id
+        if run_id in self.executions or run_id in self.finished:
+            return  # a resent assignment: already running or run
+        per_engine = min(self.capacity.engine_max_calls, self.capacity.engine_max_accounts)
+        if per_engine < 1:
+            self._refuse(run_id, "this worker has no working SIP engine; see its log")
+            return
+        packed = pack(assignment.spec, list(assignment.slices), per_engine)
+        if len(packed) > len(self.free_slots):
+            self._refuse(run_id, f"needs {len(packed)} engines, {len(self.free_slots)} free on this worker")
+            return
+        refs = {group.credential_ref for group in assignment.spec.groups if group.credential_ref}
+        found, missing = credentials.resolve(refs, self.secrets)
+        if missing:
+            self._refuse(run_id, f"credential {', '.join(map(repr, missing))} is not defined on this worker")
+            return
+        slots = [self.free_slots.pop(0) for _ in packed]
+        execution = RunExecution(assignment, packed, [self.slot_ranges[slot] for slot in slots], found,
+                                 on_sample=self.uplink.add, on_status=self._status)
+        self.executions[run_id] = execution
+        log.info("assignment_accepted", run_id=run_id, endpoints=execution.endpoints, engines=len(packed),
+                 codecs=codec_names(list(self.capacity.codecs)))
+        self.tasks[run_id] = asyncio.create_task(self._run(execution, slots))
+
+    async def _run(self, execution: RunExecution, slots: list[int]) -> None:
+        try:
+            await execution.run()
+        except Exception:  # an unexpected supervisor bug fails this run, not the worker
+            log.exception("execution_failed", run_id=execution.run_id)
+            self._refuse(execution.run_id, "internal error in the worker; see its log")
+        finally:
+            self.flush()
+            self.finished[execution.run_id] = execution.status()
+            while len(self.finished) > FINISHED_KEPT:
+                self.finished.popitem(last=False)
+            self.free_slots.extend(slots)
+            del self.executions[execution.run_id]
+            del self.tasks[execution.run_id]
