@@ -1,0 +1,179 @@
+"""The run lifecycle on a real state store: submit, dispatch, statuses, timeouts, lost workers,
+collection, cancel — each step read back from the database, as a restarted orchestrator would."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from callmeter.common.stores.database import create_database_engine
+from callmeter.state.bootstrap import bootstrap_local
+from callmeter.state.migrate import upgrade
+from callmeter.state.models import Run, RunPlacement, Test, TestVersion, Worker, utcnow
+from callmeter.v1 import common_pb2, orchestrator_pb2, results_pb2, runs_pb2, tests_pb2, workers_pb2
+from services.orchestrator import runs, workers
+
+SPEC = tests_pb2.TestSpec(
+    name="t",
+    groups=[tests_pb2.EndpointGroup(name="callees", count=2, role=common_pb2.ENDPOINT_ROLE_CALLEE, codecs=["PCMU"]),
+            tests_pb2.EndpointGroup(name="callers", count=2, role=common_pb2.ENDPOINT_ROLE_CALLER, codecs=["PCMU"])],
+    gates=[tests_pb2.QualityGate(metric="mos_avg", comparison=tests_pb2.COMPARISON_GE, threshold=4.0)])
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    url = f"sqlite:///{tmp_path / 's.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = create_database_engine(url)
+    upgrade(engine)
+    yield sessionmaker(engine, expire_on_commit=False)
+    engine.dispose()
+
+
+def admit(sessions: sessionmaker[Session], name: str, max_endpoints: int) -> str:
+    secret = bootstrap_local(sessions.kw["bind"], existing_worker_token=None).worker_token_secret
+    hello = workers_pb2.Hello(token=secret or "", name=name, capacity=workers_pb2.WorkerCapacity(
+        max_endpoints=max_endpoints, codecs=["PCMU/8000/1"], transports=[common_pb2.TRANSPORT_UDP]))
+    return workers.admit_worker(sessions, orchestrator_pb2.AdmitWorkerRequest(hello=hello, gateway_id="g1")).id
+
+
+def new_run(sessions: sessionmaker[Session], timeout_s: float = 600) -> str:
+    engine = sessions.kw["bind"]
+    boot = bootstrap_local(engine, existing_worker_token=None)
+    with sessions.begin() as session:
+        test = Test(project_id=boot.project_id, name=f"t{utcnow().timestamp()}", current_version=1)
+        session.add(test)
+        session.flush()
+        session.add(TestVersion(test_id=test.id, version=1, spec=SPEC.SerializeToString()))
+        session.flush()  # no relationship orders these inserts: the version must exist before the run
+        run = Run(test_id=test.id, test_version=1, project_id=boot.project_id, deadline_at=utcnow() + timedelta(seconds=timeout_s))
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def run_row(sessions: sessionmaker[Session], run_id: str) -> Run:
+    with sessions() as session:
+        return session.get(Run, run_id)
+
+
+def placements(sessions: sessionmaker[Session], run_id: str) -> list[RunPlacement]:
+    with sessions() as session:
+        return list(session.scalars(sa.select(RunPlacement).where(RunPlacement.run_id == run_id)))
+
+
+def report(sessions: sessionmaker[Session], worker_id: str, status: workers_pb2.AssignmentStatus) -> None:
+    workers.record_events(sessions, orchestrator_pb2.ReportWorkerEventsRequest(
+        gateway_id="g1", events=[orchestrator_pb2.WorkerEvent(worker_id=worker_id, status=status)]))
+
+
+def good_summary(run_id: str) -> results_pb2.RunSummary:
+    return results_pb2.RunSummary(run_id=run_id, total=results_pb2.GroupSummary(
+        calls_attempted=2, calls_connected=2, mos_avg=4.3, endpoints=4))
+
+
+def test_a_run_goes_from_queued_to_finished_with_a_verdict(sessions: sessionmaker[Session]) -> None:
+    run_id = new_run(sessions)
+    worker_id = admit(sessions, "w1", max_endpoints=8)
+    assert runs.submit(sessions, run_id).state == runs_pb2.RUN_STATE_DISPATCHING
+    assert runs.submit(sessions, run_id).state == runs_pb2.RUN_STATE_DISPATCHING  # idempotent
+
+    [dispatch] = runs.pending_dispatches(sessions)
+    assert dispatch.worker_id == worker_id
+    assert sorted((s.group, s.count) for s in dispatch.assignment.slices) == [("callees", 2), ("callers", 2)]
+    runs.mark_delivery(sessions, dispatch, delivered=True)
+    assert run_row(sessions, run_id).state == "RUN_STATE_RUNNING"
+    assert runs.pending_dispatches(sessions) == []
+
+    report(sessions, worker_id, workers_pb2.AssignmentStatus(run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_DONE))
+    cancels, collects = runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
+    assert cancels == [] and run_row(sessions, run_id).state == "RUN_STATE_COLLECTING"
+    cancels, collects = runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
+    assert [c.run_id for c in collects] == [run_id] and collects[0].groups == ["callees", "callers"]
+
+    runs.finish(sessions, run_id, good_summary(run_id))
+    row = run_row(sessions, run_id)
+    assert (row.state, row.verdict) == ("RUN_STATE_FINISHED", "VERDICT_PASS")
+    stored = results_pb2.RunSummary.FromString(row.summary)
+    assert [g.passed for g in stored.gates] == [True]
+
+
+def test_collection_waits_for_the_ingest_delay(sessions: sessionmaker[Session]) -> None:
+    run_id = new_run(sessions)
+    worker_id = admit(sessions, "w1", max_endpoints=8)
+    runs.submit(sessions, run_id)
+    runs.mark_delivery(sessions, runs.pending_dispatches(sessions)[0], delivered=True)
+    report(sessions, worker_id, workers_pb2.AssignmentStatus(run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_DONE))
+    runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=5)
+    assert runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=5)[1] == []
+    assert len(runs.advance(sessions, utcnow() + timedelta(seconds=6), lost_after_s=60, collect_delay_s=5)[1]) == 1
+
+
+def test_no_capacity_fails_the_run_with_the_shortfall(sessions: sessionmaker[Session]) -> None:
+    run_id = new_run(sessions)
+    admit(sessions, "tiny", max_endpoints=3)
+    run = runs.submit(sessions, run_id)
+    assert run.state == runs_pb2.RUN_STATE_FAILED
+    assert "not enough capacity" in run.reasons[0] and "group 'callers'" in run.reasons[0]
+
+
+def test_capacity_held_by_a_running_run_is_not_given_twice(sessions: sessionmaker[Session]) -> None:
+    admit(sessions, "w1", max_endpoints=6)
+    first, second = new_run(sessions), new_run(sessions)
+    assert runs.submit(sessions, first).state == runs_pb2.RUN_STATE_DISPATCHING
+    assert runs.submit(sessions, second).state == runs_pb2.RUN_STATE_FAILED
+
+
+def test_undelivered_assignment_fails_its_endpoints(sessions: sessionmaker[Session]) -> None:
+    run_id = new_run(sessions)
+    admit(sessions, "w1", max_endpoints=8)
+    runs.submit(sessions, run_id)
+    runs.mark_delivery(sessions, runs.pending_dispatches(sessions)[0], delivered=False)
+    assert all(p.state == "ASSIGNMENT_STATE_FAILED" and p.endpoints_failed == p.count
+               for p in placements(sessions, run_id))
+    runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
+    runs.finish(sessions, run_id, results_pb2.RunSummary(run_id=run_id))
+    row = run_row(sessions, run_id)
+    assert row.state == "RUN_STATE_FAILED" and "no endpoint ran" in row.reasons
+    assert any("not connected" in reason for reason in row.reasons)
+
+
+def test_timeout_cancels_the_workers_and_collects(sessions: sessionmaker[Session]) -> None:
+    run_id = new_run(sessions, timeout_s=10)
+    worker_id = admit(sessions, "w1", max_endpoints=8)
+    runs.submit(sessions, run_id)
+    runs.mark_delivery(sessions, runs.pending_dispatches(sessions)[0], delivered=True)
+    cancels, _ = runs.advance(sessions, utcnow() + timedelta(seconds=11), lost_after_s=600, collect_delay_s=0)
+    assert [(c.run_id, c.worker_id) for c in cancels] == [(run_id, worker_id)]
+    row = run_row(sessions, run_id)
+    assert row.state == "RUN_STATE_COLLECTING" and "the run reached its timeout" in row.reasons
+
+
+def test_a_lost_worker_fails_its_endpoints_and_the_run_goes_on(sessions: sessionmaker[Session]) -> None:
+    run_id = new_run(sessions)
+    worker_id = admit(sessions, "w1", max_endpoints=8)
+    runs.submit(sessions, run_id)
+    runs.mark_delivery(sessions, runs.pending_dispatches(sessions)[0], delivered=True)
+    with sessions.begin() as session:
+        session.get(Worker, worker_id).state = "WORKER_STATE_ERROR"
+    runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
+    assert all("worker lost during the run" in p.errors for p in placements(sessions, run_id))
+    assert run_row(sessions, run_id).state == "RUN_STATE_COLLECTING"
+
+
+def test_cancel_reaches_the_workers_and_keeps_a_summary(sessions: sessionmaker[Session]) -> None:
+    run_id = new_run(sessions)
+    worker_id = admit(sessions, "w1", max_endpoints=8)
+    runs.submit(sessions, run_id)
+    runs.mark_delivery(sessions, runs.pending_dispatches(sessions)[0], delivered=True)
+    run, cancels = runs.cancel(sessions, run_id)
+    assert run.state == runs_pb2.RUN_STATE_CANCELLED and [c.worker_id for c in cancels] == [worker_id]
+    assert runs.cancel(sessions, run_id)[1] == []  # idempotent
+    _, collects = runs.advance(sessions, utcnow() + timedelta(seconds=1), lost_after_s=60, collect_delay_s=0)
+    runs.finish(sessions, run_id, good_summary(run_id))
+    row = run_row(sessions, run_id)
+    assert row.state == "RUN_STATE_CANCELLED" and row.summary is not None
