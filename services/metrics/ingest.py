@@ -1,0 +1,179 @@
+"""The durable consumer that moves metric batches from JetStream into the metrics store.
+
+Fetch → decode and check → buffer → one insert per ``max_rows`` rows or ``max_delay_s`` →
+ack. A message is acked only after the insert that holds its rows succeeded, so a crash at any
+point leaves it unacked and JetStream delivers it again; the replayed rows land on the same
+ReplacingMergeTree keys and queries read FINAL, so they count once. Refused messages go to the
+dead-letter subject and never hold the consumer up. While the store is down, the consumer keeps
+its buffer, stops fetching, retries with back-off and tells JetStream it is still working on the
+held messages so they are not handed to another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.metrics.backoff import retry_until_stopped, stopped_within
+from services.metrics.batches import MAX_CLOCK_AHEAD_S, Refusal, RowBuffer, decode_batch
+from services.metrics.deadletter import dead_letter
+from services.metrics.settings import MetricsSettings
+from services.metrics.store import MetricsStore, insert_samples
+from services.metrics.stream import (
+    METRICS_CONSUMER,
+    METRICS_DEADLETTER_SUBJECT,
+    METRICS_STREAM,
+    consumer_config,
+    pull_subscription,
+)
+
+log = structlog.get_logger(__name__)
+
+ROWS = Counter("callmeter_metrics_rows_inserted_total", "Endpoint-seconds inserted into the metrics store")
+BATCHES = Counter("callmeter_metrics_batches_ingested_total", "MetricBatch messages stored and acked")
+INSERT_SECONDS = Histogram("callmeter_metrics_insert_seconds", "Duration of one successful insert",
+                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+INSERT_FAILURES = Counter("callmeter_metrics_insert_failures_total", "Inserts that failed (they are retried)")
+PENDING = Gauge("callmeter_metrics_consumer_pending_messages", "Messages in the stream not yet delivered to ingest")
+LAG = Gauge("callmeter_metrics_ingest_lag_seconds", "At the newest insert: age of its oldest message in the stream")
+
+#: Longest a fetch waits for messages; also bounds how long stop() waits for the loop.
+FETCH_WAIT_S = 1.0
+
+
+class SampleIngest:
+    def __init__(self, js: JetStreamContext, store: MetricsStore, settings: MetricsSettings) -> None:
+        self.js = js
+        self.store = store
+        self.settings = settings
+        self.buffer = RowBuffer()
+        self.held: list[Msg] = []  # messages whose rows are in the buffer, acked after the insert
+        self._held_positions: set[int] = set()
+        self._first_held_at = 0.0
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = consumer_config(METRICS_CONSUMER, self.settings.ingest_ack_wait_s, self.settings.ingest_max_ack_pending)
+        self._subscription = await pull_subscription(self.js, METRICS_STREAM, config)
+        self._task = asyncio.create_task(self._run(), name="metrics-ingest")
+
+    async def stop(self) -> None:
+        """Stops fetching, then inserts and acks what is buffered (if the store takes it)."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+        # A pull subscription can hold an unread status message that would stall a later drain.
+        try:
+            await self._subscription.unsubscribe()
+        except Exception as exc:  # the connection is already gone: nothing left to stall
+            log.warning("unsubscribe_failed", error=str(exc) or type(exc).__name__)
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                messages = await self._fetch()
+                refused = await asyncio.to_thread(self._take, messages) if messages else []
+                for msg, refusal in refused:
+                    await dead_letter(self.js, msg, METRICS_DEADLETTER_SUBJECT, refusal.reason, refusal.detail)
+                if self.buffer.rows >= self.settings.ingest_max_rows or self._delay_left() <= 0:
+                    await self._flush()
+            except Exception:  # the loop must outlive NATS hiccups; held messages stay held
+                log.exception("ingest_loop_error")
+                await stopped_within(self._stopping, 1.0)
+        await self._flush()
+
+    async def _fetch(self) -> list[Msg]:
+        wait_s = min(FETCH_WAIT_S, max(0.05, self._delay_left()))
+        try:
+            messages = await self._subscription.fetch(self.settings.ingest_fetch_batch, timeout=wait_s)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            PENDING.set(0)
+            return []
+        PENDING.set(messages[-1].metadata.num_pending)
+        return messages
+
+    def _delay_left(self) -> float:
+        if not self.held:
+            return FETCH_WAIT_S
+        return self._first_held_at + self.settings.ingest_max_delay_s - time.monotonic()
+
+    def _take(self, messages: list[Msg]) -> list[tuple[Msg, Refusal]]:
+        """Buffers the good batches; returns the refused ones. Runs on a worker thread."""
+        now = int(time.time())
+        oldest = now - self.settings.raw_ttl_days * 86400
+        refused = []
+        for msg in messages:
+            position = msg.metadata.sequence.stream
+            if position in self._held_positions:  # redelivered while we still hold it: ack both copies
+                self.held.append(msg)
+                continue
+            result = decode_batch(msg.subject, msg.data, self.settings.ingest_max_message_bytes, oldest, now + MAX_CLOCK_AHEAD_S)
+            if isinstance(result, Refusal):
+                refused.append((msg, result))
+                continue
+            if not self.held:
+                self._first_held_at = time.monotonic()
+            self.buffer.add(result)
+            self.held.append(msg)
+            self._held_positions.add(position)
+        return refused
+
+    async def _flush(self) -> None:
+        if not self.held:
+            return
+        token = _insert_token(self._held_positions)
+        rows = self.buffer.rows
+
+        async def insert() -> None:
+            if rows:
+                started = time.monotonic()
+                await self.store.call(insert_samples, self.buffer.columns, token)
+                INSERT_SECONDS.observe(time.monotonic() - started)
+
+        async def on_failure(error: Exception, retry_in_s: float) -> None:
+            INSERT_FAILURES.inc()
+            log.warning("metrics_insert_failed", error=str(error).splitlines()[0] if str(error) else type(error).__name__,
+                        rows=rows, messages=len(self.held), retry_in_s=retry_in_s)
+            await self._still_working()
+
+        if not await retry_until_stopped(insert, self._stopping, self.settings.store_retry_max_s, on_failure):
+            log.warning("stopping_with_unstored_rows", rows=rows, messages=len(self.held))
+            return
+        LAG.set(max(0.0, time.time() - min(m.metadata.timestamp.timestamp() for m in self.held)))
+        ROWS.inc(rows)
+        BATCHES.inc(len(self._held_positions))
+        stored = list(self.held)
+        self.buffer.clear()
+        self.held.clear()
+        self._held_positions.clear()
+        await self._ack(stored)
+
+    async def _ack(self, messages: list[Msg]) -> None:
+        """Acks stored messages; one whose ack is lost is redelivered and lands on its own rows again."""
+        try:
+            for msg in messages:
+                await msg.ack()
+        except Exception as exc:
+            log.warning("ack_failed", error=str(exc) or type(exc).__name__, messages=len(messages))
+
+    async def _still_working(self) -> None:
+        """Resets the ack timer of the held messages, so JetStream does not redeliver them meanwhile."""
+        try:
+            for msg in self.held:
+                await msg.in_progress()
+        except Exception as exc:  # NATS down too: they will simply be redelivered
+            log.warning("in_progress_failed", error=str(exc) or type(exc).__name__)
+
+
+def _insert_token(positions: set[int]) -> str:
+    """Names an insert by the stream positions of its messages: a retry of it has the same name."""
+    digest = hashlib.sha256(",".join(map(str, sorted(positions))).encode()).hexdigest()
+    return f"{METRICS_STREAM}:{digest}"

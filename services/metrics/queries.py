@@ -1,0 +1,197 @@
+"""The read side: SQL over endpoint_seconds, as plain functions of a clickhouse-connect client.
+
+Every query reads ``FINAL``, so a sample stored twice (a replayed batch) counts once. Stored
+values are the catalog's scaled integers; results are divided by ``Metric.scale`` into the
+metric's unit. Percentiles use quantileExactInclusive: exact, interpolated like NumPy's
+default percentile. An aggregate over no qualifying rows is 0.
+
+What the summary counts (per group, and for the whole run):
+- mos_avg, mos_min: over seconds with a call active and a MOS computed (mos > 0; a MOS is
+  never below 1, so 0 means "not computed yet");
+- jitter_ms_p95: over seconds with a call active; rtt_ms_p95: the same, where RTCP gave an
+  RTT (rtt_us > 0);
+- setup_ms_p95: over seconds in which a call connected and reported its setup time, so each
+  call weighs once, however long it lasted;
+- failures_by_code: each second's calls_failed filed under that second's call_last_code (see
+  failure_code_sql).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from callmeter.catalog import BY_NAME, Metric
+from callmeter.v1 import results_pb2
+from services.metrics.schema import RUNS_TABLE, SAMPLES_TABLE, quote
+
+AGGREGATES = {
+    "avg": "avg({c})",
+    "min": "min({c})",
+    "max": "max({c})",
+    "sum": "sum({c})",
+    "p50": "quantileExactInclusive(0.5)({c})",
+    "p95": "quantileExactInclusive(0.95)({c})",
+    "p99": "quantileExactInclusive(0.99)({c})",
+}
+
+#: GroupSummary fields a trend can follow (its numbers; not the group name or the code map).
+TREND_FIELDS = tuple(
+    f.name for f in results_pb2.GroupSummary.DESCRIPTOR.fields if f.name not in ("group", "failures_by_code")
+)
+
+ACTIVE = "call_active = 1"
+# MOS and R factor come from the same E-model step; 0 means it has not produced a value yet.
+QUALITY_MEASURED = "call_active = 1 AND mos > 0"
+
+
+def _scaled(name: str) -> str:
+    return f"{quote(name)} / {BY_NAME[name].scale}"
+
+
+def _p95_if(name: str, condition: str) -> str:
+    return f"ifNotFinite(quantileExactInclusiveIf(0.95)({_scaled(name)}, {condition}), 0)"
+
+
+def failure_code_sql() -> str:
+    """The code a second's failed calls are filed under.
+
+    call_last_code is the final code of the endpoint's newest INVITE in that second. Where at
+    most one call ends per endpoint-second (the usual case) this is exact. When a failed and a
+    connected call end in the same endpoint-second, the newest code may be a success: those
+    failures are filed under 0, the proto's "no response", as their real code is unknown.
+    """
+    return "if(call_last_code >= 300, call_last_code, 0)"
+
+
+_SUMMARY_SQL = f"""
+SELECT run_id, `group`, grouping(`group`) AS is_total,
+  uniqExact(`group`, endpoint),
+  sum(calls_attempted), sum(calls_connected), sum(calls_failed),
+  ifNotFinite(avgIf({_scaled('mos')}, {QUALITY_MEASURED}), 0),
+  ifNotFinite(minIf({_scaled('mos')}, {QUALITY_MEASURED}), 0),
+  {_p95_if('rx_jitter_us', ACTIVE)},
+  sum(rx_lost), sum(rx_packets),
+  {_p95_if('rtt_us', ACTIVE + ' AND rtt_us > 0')},
+  {_p95_if('setup_time_ms', 'calls_connected > 0 AND setup_time_ms > 0')}
+FROM {SAMPLES_TABLE} FINAL
+WHERE run_id IN {{runs:Array(String)}}
+GROUP BY GROUPING SETS ((run_id, `group`), (run_id))
+"""
+
+_REGISTERED_SQL = f"""
+SELECT run_id, `group`, grouping(`group`), countIf(last_registered = 1)
+FROM (
+  SELECT run_id, `group`, endpoint, argMax(registered, second) AS last_registered
+  FROM {SAMPLES_TABLE} FINAL WHERE run_id IN {{runs:Array(String)}}
+  GROUP BY run_id, `group`, endpoint
+)
+GROUP BY GROUPING SETS ((run_id, `group`), (run_id))
+"""
+
+_FAILURES_SQL = f"""
+SELECT run_id, `group`, grouping(`group`), {failure_code_sql()} AS code, sum(calls_failed)
+FROM {SAMPLES_TABLE} FINAL
+WHERE run_id IN {{runs:Array(String)}} AND calls_failed > 0
+GROUP BY GROUPING SETS ((run_id, `group`, code), (run_id, code))
+"""
+
+
+def group_summaries(client, run_ids: Sequence[str]) -> dict[str, dict[str, results_pb2.GroupSummary]]:  # type: ignore[no-untyped-def]
+    """run_id → group → GroupSummary; the whole run's summary is under the group ''.
+
+    Runs without samples are absent.
+    """
+    params = {"runs": list(run_ids)}
+    found: dict[str, dict[str, results_pb2.GroupSummary]] = {}
+
+    def summary(run_id: str, group: str, is_total: int) -> results_pb2.GroupSummary:
+        key = "" if is_total else group
+        return found.setdefault(run_id, {}).setdefault(key, results_pb2.GroupSummary(group=key))
+
+    for (run_id, group, is_total, endpoints, attempted, connected, failed, mos_avg, mos_min, jitter_p95,
+         lost, received, rtt_p95, setup_p95) in client.query(_SUMMARY_SQL, parameters=params).result_rows:
+        s = summary(run_id, group, is_total)
+        s.endpoints, s.calls_attempted, s.calls_connected, s.calls_failed = endpoints, attempted, connected, failed
+        s.mos_avg, s.mos_min, s.jitter_ms_p95 = mos_avg, mos_min, jitter_p95
+        s.loss_pct = 100.0 * lost / (received + lost) if received + lost else 0.0
+        s.rtt_ms_p95, s.setup_ms_p95 = rtt_p95, setup_p95
+    for run_id, group, is_total, registered in client.query(_REGISTERED_SQL, parameters=params).result_rows:
+        summary(run_id, group, is_total).registered = registered
+    for run_id, group, is_total, code, failures in client.query(_FAILURES_SQL, parameters=params).result_rows:
+        summary(run_id, group, is_total).failures_by_code[code] = failures
+    return found
+
+
+def run_summary(client, run_id: str, groups: Sequence[str]) -> results_pb2.RunSummary:  # type: ignore[no-untyped-def]
+    """The run and each group: the groups asked for first (zeros if they sent nothing), then others."""
+    by_group = group_summaries(client, [run_id]).get(run_id, {})
+    total = by_group.pop("", results_pb2.GroupSummary())
+    names = list(dict.fromkeys(groups)) + sorted(set(by_group) - set(groups))
+    return results_pb2.RunSummary(
+        run_id=run_id, total=total,
+        groups=[by_group.get(name) or results_pb2.GroupSummary(group=name) for name in names],
+    )
+
+
+def series(client, run_id: str, metric: Metric, aggregate: str, step_s: int, group: str,  # type: ignore[no-untyped-def]
+           endpoint: int) -> list[results_pb2.SeriesPoint]:
+    """``aggregate`` of the metric over every endpoint-second of the scope in each ``step_s`` bucket.
+
+    An empty group means the whole run; endpoint -1 means every endpoint of the scope.
+    """
+    where = ["run_id = {run_id:String}"]
+    if group:
+        where.append("`group` = {group:String}")
+    if endpoint >= 0:
+        where.append("endpoint = {endpoint:UInt32}")
+    value = AGGREGATES[aggregate].format(c=quote(metric.name))
+    sql = (f"SELECT intDiv(toUnixTimestamp(second), {{step:UInt32}}) * {{step:UInt32}} AS bucket, "
+           f"{value} / {metric.scale} FROM {SAMPLES_TABLE} FINAL WHERE {' AND '.join(where)} "
+           "GROUP BY bucket ORDER BY bucket")
+    rows = client.query(sql, parameters={"run_id": run_id, "group": group, "endpoint": max(endpoint, 0),
+                                         "step": step_s}).result_rows
+    return [results_pb2.SeriesPoint(second=bucket, value=value) for bucket, value in rows]
+
+
+def endpoint_value_sql(metric: Metric) -> str:
+    """One number per endpoint for the whole run, by the metric's kind.
+
+    counter: the sum; state: the value at the endpoint's last second; gauge: the mean over its
+    seconds in a call (for MOS and R factor, those with a value), or over all its seconds if it
+    never had one (so an endpoint that never got a call shows its idle value, usually 0).
+    """
+    column = quote(metric.name)
+    if metric.kind == "counter":
+        return f"sum({column})"
+    if metric.kind == "state":
+        return f"argMax({column}, second)"
+    condition = QUALITY_MEASURED if metric.name in ("mos", "r_factor") else ACTIVE
+    return f"if(countIf({condition}) > 0, avgIf({column}, {condition}), avg({column}))"
+
+
+def top_endpoints(client, run_id: str, metric: Metric, ascending: bool, limit: int) -> list[results_pb2.EndpointValue]:  # type: ignore[no-untyped-def]
+    """The ``limit`` worst endpoints of a run: highest values first, lowest with ``ascending``."""
+    order = "ASC" if ascending else "DESC"
+    sql = (f"SELECT `group`, endpoint, {endpoint_value_sql(metric)} / {metric.scale} AS value "
+           f"FROM {SAMPLES_TABLE} FINAL WHERE run_id = {{run_id:String}} GROUP BY `group`, endpoint "
+           f"ORDER BY value {order}, `group`, endpoint LIMIT {{limit:UInt32}}")
+    rows = client.query(sql, parameters={"run_id": run_id, "limit": limit}).result_rows
+    return [results_pb2.EndpointValue(group=group, endpoint=endpoint, value=value) for group, endpoint, value in rows]
+
+
+def trend(client, test_id: str, field: str, limit: int) -> list[results_pb2.TrendPoint]:  # type: ignore[no-untyped-def]
+    """A whole-run summary field (one of TREND_FIELDS) for the newest ``limit`` runs of a test.
+
+    Runs come from run_tests (the orchestrator's run-start notices), newest first; runs that
+    stored no samples are left out before the limit applies.
+    """
+    runs = client.query(
+        f"SELECT run_id, toUnixTimestamp(started_at) AS started FROM {RUNS_TABLE} FINAL "
+        "WHERE test_id = {test_id:String} AND run_id IN ("
+        f"  SELECT DISTINCT run_id FROM {SAMPLES_TABLE} WHERE run_id IN ("
+        f"    SELECT run_id FROM {RUNS_TABLE} WHERE test_id = {{test_id:String}})) "
+        "ORDER BY started DESC, run_id DESC LIMIT {limit:UInt32}",
+        parameters={"test_id": test_id, "limit": limit}).result_rows
+    summaries = group_summaries(client, [run_id for run_id, _ in runs])
+    return [results_pb2.TrendPoint(run_id=run_id, started_at=started, value=getattr(summaries[run_id][""], field))
+            for run_id, started in runs]

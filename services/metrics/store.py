@@ -1,0 +1,58 @@
+"""The metrics store as ingest and the queries see it: one client, one thread.
+
+clickhouse-connect's chDB client runs the engine in this process and blocks while it works, so
+every call goes to one dedicated thread: the gRPC event loop never waits on ClickHouse, and calls
+reach the client one at a time (the chDB backend also serializes calls on its handle; one thread
+makes that explicit and keeps the engine on one thread for its whole life).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from callmeter.common.stores.metrics_store import connect_metrics_store
+from services.metrics.schema import RUNS_TABLE, SAMPLES_TABLE, ensure_schema
+
+T = TypeVar("T")
+
+
+class MetricsStore:
+    def __init__(self, url: str, ttl_days: int) -> None:
+        self.url = url
+        self.ttl_days = ttl_days
+        self._client: Any = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-store")
+
+    async def open(self) -> None:
+        """Connects and brings the schema up to the catalog; an unusable store is a ConfigError."""
+        self._client = await self._submit(connect_metrics_store, self.url)
+        await self.call(ensure_schema, self.ttl_days)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs ``fn(client, *args)`` on the store thread."""
+        return await self._submit(fn, self._client, *args)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._submit(self._client.close)
+            self._client = None
+        self._thread.shutdown(wait=True)
+
+    async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, functools.partial(fn, *args))
+
+
+def insert_samples(client, columns: dict[str, list[Any]], token: str) -> None:  # type: ignore[no-untyped-def]
+    """One column-oriented insert; ``token`` lets the store drop an identical retry."""
+    client.insert(SAMPLES_TABLE, list(columns.values()), column_names=list(columns), column_oriented=True,
+                  settings={"insert_deduplication_token": token})
+
+
+def insert_runs(client, rows: Sequence[tuple[str, str, int]]) -> None:  # type: ignore[no-untyped-def]
+    """Rows of (run_id, test_id, started_at unix seconds)."""
+    client.insert(RUNS_TABLE, [list(column) for column in zip(*rows, strict=True)],
+                  column_names=["run_id", "test_id", "started_at"], column_oriented=True)

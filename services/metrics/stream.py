@@ -1,0 +1,68 @@
+"""The JetStream streams and durable consumers metrics-ingest reads and writes.
+
+CALLMETER_METRICS (metric batches from the gateway) is defined once, in
+callmeter.common.stores.metrics_stream, because the gateway ensures it too. The two streams
+defined here are ingest's own: dead letters, and the orchestrator's run-start notices. Nothing
+here imports a service, so it can move to callmeter.common when another service needs it.
+"""
+
+from __future__ import annotations
+
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError
+
+from callmeter.common.stores.metrics_stream import DEADLETTER_SUBJECT, STREAM, SUBJECT_PREFIX
+from callmeter.common.stores.metrics_stream import ensure_stream as ensure_metrics_stream
+
+METRICS_STREAM = STREAM
+METRICS_SUBJECTS = f"{SUBJECT_PREFIX}.>"
+METRICS_CONSUMER = "metrics-ingest"
+METRICS_DEADLETTER_SUBJECT = DEADLETTER_SUBJECT
+
+DEADLETTER_STREAM = "CALLMETER_DEADLETTER"
+DEADLETTER_SUBJECTS = "callmeter.deadletter.>"
+RUNS_DEADLETTER_SUBJECT = "callmeter.deadletter.runs"
+#: Header of a dead letter that says why it was refused, e.g. ``decode_error: ...``.
+REASON_HEADER = "Callmeter-Deadletter-Reason"
+#: Header of a dead letter that names the subject it was first published to.
+SUBJECT_HEADER = "Callmeter-Original-Subject"
+
+#: The orchestrator publishes a serialized callmeter.v1.Run here when a run starts executing.
+RUNS_STREAM = "CALLMETER_RUNS"
+RUN_STARTED_SUBJECT = "callmeter.runs.started"
+RUNS_CONSUMER = "metrics-ingest-runs"
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int, duplicate_window_s: float, max_age_s: float,
+                         max_bytes: int, deadletter_max_age_s: float) -> None:
+    """Creates or updates the three streams; safe to call from every replica at every start."""
+    await ensure_metrics_stream(js, replicas=replicas, duplicate_window_s=duplicate_window_s,
+                                max_age_s=max_age_s, max_bytes=max_bytes)
+    await _ensure(js, StreamConfig(name=DEADLETTER_STREAM, subjects=[DEADLETTER_SUBJECTS], storage=StorageType.FILE,
+                                   num_replicas=replicas, duplicate_window=duplicate_window_s,
+                                   max_age=deadletter_max_age_s))
+    await _ensure(js, StreamConfig(name=RUNS_STREAM, subjects=[RUN_STARTED_SUBJECT], storage=StorageType.FILE,
+                                   num_replicas=replicas, duplicate_window=duplicate_window_s, max_age=max_age_s))
+
+
+async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError:  # exists with other limits
+        await js.update_stream(config)
+
+
+def consumer_config(durable: str, ack_wait_s: float, max_ack_pending: int) -> ConsumerConfig:
+    """A durable pull consumer shared by all replicas; every message is acked explicitly.
+
+    max_deliver stays unlimited: a store outage must delay samples, never drop them.
+    """
+    return ConsumerConfig(durable_name=durable, name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait_s,
+                          max_ack_pending=max_ack_pending, max_deliver=-1)
+
+
+async def pull_subscription(js: JetStreamContext, stream: str, config: ConsumerConfig) -> JetStreamContext.PullSubscription:
+    """Creates the consumer or updates its settings, then binds to it."""
+    await js.add_consumer(stream, config)
+    return await js.pull_subscribe_bind(durable=config.durable_name, stream=stream)
