@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from callmeter.cli.profile import profile_path, read_profile
 from callmeter.common.channels import sync_channel
 from callmeter.common.errors import ConfigError
+from callmeter.common.exit_codes import ExitCode
+
+# Seconds a unary API call may take.
+CALL_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
@@ -43,3 +50,19 @@ def resolve_target(api: str | None = None) -> ApiTarget:
 def rpc_error_line(exc: grpc.RpcError) -> str:
     code = exc.code()  # type: ignore[attr-defined]
     return f"{code.name.lower()}: {exc.details()}"  # type: ignore[attr-defined]
+
+
+def error(text: str) -> int:
+    """Prints one error line; returns the exit code of a command that failed before any result."""
+    print(f"callmeter: error: {text}", file=sys.stderr)
+    return ExitCode.ERROR
+
+
+def every_page(rpc: Callable[..., Any], request: Any, items: str, target: ApiTarget) -> Iterator[Any]:
+    """The items of a list RPC, page after page."""
+    while True:
+        reply = rpc(request, metadata=target.metadata(), timeout=CALL_TIMEOUT_S)
+        yield from getattr(reply, items)
+        if not reply.page.next_page_token:
+            return
+        request.page.page_token = reply.page.next_page_token

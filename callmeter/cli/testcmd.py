@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from callmeter.common.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    import grpc
+
+    from callmeter.cli.api_client import ApiTarget
+    from callmeter.v1 import tests_pb2
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -38,25 +45,48 @@ def handle_validate(args: argparse.Namespace) -> int:
 
 def load_spec_and_target(file: Path, api: str | None):  # type: ignore[no-untyped-def]
     """The parsed test file and the API to send it to, or None after printing why not."""
-    from callmeter.cli.api_client import resolve_target
+    from callmeter.cli.api_client import error, resolve_target
     from callmeter.common.errors import ConfigError
     from callmeter.common.testspec import SpecError, load_spec_file
 
     try:
         return load_spec_file(file), resolve_target(api)
-    except SpecError as error:
-        for problem in error.violations:
+    except SpecError as problems:
+        for problem in problems.violations:
             print(f"{file}: {problem.field}: {problem.description}", file=sys.stderr)
-    except ConfigError as error:
-        print(f"callmeter: error: {error.detail}", file=sys.stderr)
+    except ConfigError as config:
+        error(config.detail)
     return None
+
+
+def apply_test(channel: grpc.Channel, target: ApiTarget, project_id: str,
+               spec: tests_pb2.TestSpec) -> tuple[tests_pb2.Test, str]:
+    """Creates the test, or stores the spec as its new version when a test of that name exists (and
+    differs). Returns the test and what happened: "created", "updated" or "unchanged"."""
+    from callmeter.cli.api_client import CALL_TIMEOUT_S, every_page
+    from callmeter.common.errors import CallmeterError, ErrorCode
+    from callmeter.v1 import tests_pb2, tests_pb2_grpc
+
+    stub = tests_pb2_grpc.TestServiceStub(channel)
+    named = [test for test in every_page(stub.ListTests, tests_pb2.ListTestsRequest(
+        project_id=project_id, include_archived=True), "tests", target) if test.spec.name == spec.name]
+    if len(named) > 1:
+        raise CallmeterError(ErrorCode.INVALID_ARGUMENT, f"tests named {spec.name!r} exist in several projects "
+                             f"({', '.join(t.project_id for t in named)}); pass --project")
+    if not named:
+        return stub.CreateTest(tests_pb2.CreateTestRequest(project_id=project_id, spec=spec),
+                               metadata=target.metadata(), timeout=CALL_TIMEOUT_S), "created"
+    if named[0].spec == spec and not named[0].archived:
+        return named[0], "unchanged"
+    return stub.UpdateTest(tests_pb2.UpdateTestRequest(test_id=named[0].id, spec=spec),
+                           metadata=target.metadata(), timeout=CALL_TIMEOUT_S), "updated"
 
 
 def handle_apply(args: argparse.Namespace) -> int:
     import grpc
 
-    from callmeter.cli.api_client import rpc_error_line
-    from callmeter.v1 import tests_pb2, tests_pb2_grpc
+    from callmeter.cli.api_client import error, rpc_error_line
+    from callmeter.common.errors import CallmeterError
 
     loaded = load_spec_and_target(args.file, args.api)
     if loaded is None:
@@ -64,10 +94,10 @@ def handle_apply(args: argparse.Namespace) -> int:
     spec, target = loaded
     with target.channel() as channel:
         try:
-            test = tests_pb2_grpc.TestServiceStub(channel).CreateTest(
-                tests_pb2.CreateTestRequest(project_id=args.project, spec=spec), metadata=target.metadata(), timeout=30)
+            test, outcome = apply_test(channel, target, args.project, spec)
         except grpc.RpcError as exc:
-            print(f"callmeter: error: {rpc_error_line(exc)}", file=sys.stderr)
-            return ExitCode.ERROR
-    print(f"test {test.spec.name!r} stored as {test.id} version {test.version}")
+            return error(rpc_error_line(exc))
+        except CallmeterError as exc:
+            return error(exc.detail)
+    print(f"test {test.spec.name!r} {outcome}: {test.id} version {test.version}")
     return ExitCode.OK

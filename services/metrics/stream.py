@@ -12,7 +12,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError
 
-from callmeter.common.stores.metrics_stream import DEADLETTER_SUBJECT, STREAM, SUBJECT_PREFIX
+from callmeter.common.stores.metrics_stream import (
+    DEADLETTER_SUBJECT,
+    RUN_STARTED_SUBJECT,
+    RUNS_STREAM,
+    STREAM,
+    SUBJECT_PREFIX,
+)
 from callmeter.common.stores.metrics_stream import ensure_stream as ensure_metrics_stream
 
 METRICS_STREAM = STREAM
@@ -28,9 +34,6 @@ REASON_HEADER = "Callmeter-Deadletter-Reason"
 #: Header of a dead letter that names the subject it was first published to.
 SUBJECT_HEADER = "Callmeter-Original-Subject"
 
-#: The orchestrator publishes a serialized callmeter.v1.Run here when a run starts executing.
-RUNS_STREAM = "CALLMETER_RUNS"
-RUN_STARTED_SUBJECT = "callmeter.runs.started"
 RUNS_CONSUMER = "metrics-ingest-runs"
 
 

@@ -11,11 +11,13 @@ import asyncio
 import grpc
 import structlog
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from sqlalchemy.orm import Session, sessionmaker
 
+from callmeter.common.stores.metrics_stream import publish_run_started
 from callmeter.common.stores.worker_commands import send_to_worker
 from callmeter.state.models import utcnow
-from callmeter.v1 import results_pb2, results_pb2_grpc, workers_pb2
+from callmeter.v1 import results_pb2, results_pb2_grpc, runs_pb2, workers_pb2
 from services.orchestrator import runs
 from services.orchestrator.settings import OrchestratorSettings
 
@@ -55,6 +57,13 @@ class Conductor:
             await self.send_cancel(cancel, "the run reached its timeout")
         for collect in collects:
             await self.collect(collect)
+
+    async def announce(self, run: runs_pb2.Run) -> None:
+        """Tells metrics-ingest the run's test, for trends; a failure costs only the trend point."""
+        try:
+            await publish_run_started(self.nats.jetstream(), run)
+        except (NatsError, asyncio.TimeoutError) as exc:
+            log.warning("run_notice_failed", run_id=run.id, error=str(exc) or type(exc).__name__)
 
     async def send_cancel(self, cancel: runs.Dispatch, reason: str) -> None:
         message = workers_pb2.GatewayMessage(cancel=workers_pb2.CancelAssignment(run_id=cancel.run_id, reason=reason))

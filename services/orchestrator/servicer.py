@@ -22,6 +22,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                         context: grpc.aio.ServicerContext) -> runs_pb2.Run:
         run = await asyncio.to_thread(runs.submit, self.sessions, request.run_id)
         self.conductor.wake.set()  # dispatch now rather than at the next tick
+        if run.state == runs_pb2.RUN_STATE_DISPATCHING:
+            await self.conductor.announce(run)
         return run
 
     @grpc_errors

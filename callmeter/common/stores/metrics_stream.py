@@ -13,6 +13,8 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError
 
+from callmeter.v1 import runs_pb2
+
 STREAM = "CALLMETER_METRICS"
 SUBJECT_PREFIX = "callmeter.metrics"
 DEADLETTER_SUBJECT = "callmeter.deadletter.metrics"
@@ -48,3 +50,14 @@ async def ensure_stream(js: JetStreamContext, replicas: int = 1, duplicate_windo
         await js.add_stream(config)
     except BadRequestError:
         await js.update_stream(config)
+
+
+# The orchestrator tells metrics-ingest which test a run belongs to (for trends across runs):
+# a serialized callmeter.v1.Run on this subject, in a stream metrics-ingest creates.
+RUNS_STREAM = "CALLMETER_RUNS"
+RUN_STARTED_SUBJECT = "callmeter.runs.started"
+
+
+async def publish_run_started(js: JetStreamContext, run: runs_pb2.Run) -> None:
+    """Idempotent: JetStream drops a repeat within its de-duplication window."""
+    await js.publish(RUN_STARTED_SUBJECT, run.SerializeToString(), headers={"Nats-Msg-Id": f"run-started:{run.id}"})
