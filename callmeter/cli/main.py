@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.set_defaults(handler=_service_handler(module_name))
-    from callmeter.cli import demo, run, testcmd, up, workers
+    from callmeter.cli import demo, run, runs, testcmd, up, workers
 
-    for module in (up, demo, run, testcmd, workers):
+    for module in (up, demo, run, runs, testcmd, workers):
         module.add_parser(commands)
     return parser
 

@@ -1,42 +1,222 @@
-"""`callmeter run FILE.yaml`: store the test, start a run, and (with --wait) follow it to a verdict."""
+"""`callmeter run FILE.yaml`: store the test, start a run, and (with --wait) follow it to a verdict.
+
+Exit codes: 0 the verdict was PASS (or, without --wait, the run started), 1 FAIL, 2 anything else.
+With --wait, progress goes to stderr (redrawn in place on a terminal) and the result to stdout: a
+table per group and the quality gates, or with --json exactly one JSON object.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 from callmeter.common.exit_codes import ExitCode
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from callmeter.v1 import results_pb2, runs_pb2
+
+# Without a terminal, a progress line at most this often (and at every state change).
+PLAIN_PROGRESS_EVERY_S = 10.0
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = commands.add_parser("run", help="run a test file through the API")
+    parser = commands.add_parser("run", help="run a test file through the API",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", type=Path)
     parser.add_argument("--api", help="API address host:port (default: CALLMETER_API or the profile)")
     parser.add_argument("--project", default="", help="project id (default: the token's only project)")
+    parser.add_argument("--wait", action="store_true", help="follow the run to its end; exit by its verdict")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--junit", type=Path, metavar="PATH", help="with --wait: write JUnit XML, a case per gate")
+    parser.add_argument("--timeout", type=float, metavar="S",
+                        help="with --wait: give up after S seconds, cancel the run and exit 2")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     import grpc
 
-    from callmeter.cli.api_client import rpc_error_line
-    from callmeter.cli.testcmd import load_spec_and_target
-    from callmeter.v1 import runs_pb2, runs_pb2_grpc, tests_pb2, tests_pb2_grpc
+    from callmeter.cli.api_client import CALL_TIMEOUT_S, error, rpc_error_line
+    from callmeter.cli.testcmd import apply_test, load_spec_and_target
+    from callmeter.common.errors import CallmeterError
+    from callmeter.v1 import runs_pb2, runs_pb2_grpc
 
+    if args.junit and not args.wait:
+        return error("--junit needs --wait")
     loaded = load_spec_and_target(args.file, args.api)
     if loaded is None:
         return ExitCode.ERROR
     spec, target = loaded
     with target.channel() as channel:
+        runs = runs_pb2_grpc.RunServiceStub(channel)
         try:
-            test = tests_pb2_grpc.TestServiceStub(channel).CreateTest(
-                tests_pb2.CreateTestRequest(project_id=args.project, spec=spec), metadata=target.metadata(), timeout=30)
-            run = runs_pb2_grpc.RunServiceStub(channel).StartRun(
-                runs_pb2.StartRunRequest(test_id=test.id, test_version=test.version),
-                metadata=target.metadata(), timeout=30)
+            test, _outcome = apply_test(channel, target, args.project, spec)
+            run = runs.StartRun(runs_pb2.StartRunRequest(test_id=test.id, test_version=test.version),
+                                metadata=target.metadata(), timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as exc:
-            print(f"callmeter: error: {rpc_error_line(exc)}", file=sys.stderr)
-            return ExitCode.ERROR
-    print(f"run {run.id} started")
-    return ExitCode.OK
+            return error(rpc_error_line(exc))
+        except CallmeterError as exc:
+            return error(exc.detail)
+        if not args.wait:
+            print(format_json(run, None) if args.json else f"run {run.id} started")
+            return ExitCode.OK
+        print(f"run {run.id} of {spec.name!r} version {test.version} started", file=sys.stderr)
+        try:
+            summary = follow(runs.WatchRun(runs_pb2.WatchRunRequest(run_id=run.id), metadata=target.metadata(),
+                                           timeout=args.timeout), sys.stderr)
+            run = runs.GetRun(runs_pb2.GetRunRequest(run_id=run.id), metadata=target.metadata(),
+                              timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                return error(rpc_error_line(exc))
+            late = f"run {run.id} did not end within {args.timeout:g} s"
+            try:
+                runs.CancelRun(runs_pb2.CancelRunRequest(run_id=run.id), metadata=target.metadata(),
+                               timeout=CALL_TIMEOUT_S)
+            except grpc.RpcError as cancel:
+                return error(f"{late}; cancelling it failed: {rpc_error_line(cancel)}")
+            return error(f"{late}; cancelled it")
+    print(format_json(run, summary) if args.json else format_result(run, summary))
+    if args.junit:
+        args.junit.write_text(junit_xml(spec.name, run, summary))
+    return exit_code(run)
+
+
+def follow(progress: Iterable[runs_pb2.RunProgress], out: TextIO) -> results_pb2.RunSummary:
+    """Shows each RunProgress until the stream ends; returns the final summary."""
+    from callmeter.v1 import results_pb2
+
+    tty = out.isatty()
+    last_state, last_shown = -1, 0.0
+    summary = results_pb2.RunSummary()
+    for message in progress:
+        summary = message.summary
+        line = progress_line(message)
+        if tty:
+            out.write("\r\x1b[K" + line)
+        elif message.state != last_state or time.monotonic() - last_shown >= PLAIN_PROGRESS_EVERY_S:
+            out.write(line + "\n")
+            last_state, last_shown = message.state, time.monotonic()
+        out.flush()
+    if tty:
+        out.write("\n")
+    return summary
+
+
+def short(enum_name: str) -> str:
+    """RUN_STATE_FINISHED → finished, VERDICT_PASS → pass."""
+    return enum_name.removeprefix("RUN_STATE_").removeprefix("VERDICT_").lower()
+
+
+def _state(run_or_progress: Any) -> str:
+    from callmeter.v1 import runs_pb2
+
+    return short(runs_pb2.RunState.Name(run_or_progress.state))
+
+
+def _mos(value: float) -> str:
+    return f"{value:.2f}" if value else "-"
+
+
+def progress_line(message: runs_pb2.RunProgress) -> str:
+    """elapsed, state, and per group endpoints/registered/connected/MOS."""
+    groups = " | ".join(f"{g.group}: {g.endpoints} ep {g.registered} reg {g.calls_connected} conn MOS {_mos(g.mos_avg)}"
+                        for g in message.groups)
+    return f"{message.elapsed_s:6.0f}s  {_state(message):<11}{groups}".rstrip()
+
+
+SUMMARY_COLUMNS = [
+    # (heading, GroupSummary field, format)
+    ("endpoints", "endpoints", "{}"), ("registered", "registered", "{}"), ("attempted", "calls_attempted", "{}"),
+    ("connected", "calls_connected", "{}"), ("failed", "calls_failed", "{}"), ("MOS avg", "mos_avg", "{:.2f}"),
+    ("MOS min", "mos_min", "{:.2f}"), ("jitter p95 ms", "jitter_ms_p95", "{:.1f}"), ("loss %", "loss_pct", "{:.2f}"),
+    ("RTT p95 ms", "rtt_ms_p95", "{:.1f}"), ("setup p95 ms", "setup_ms_p95", "{:.0f}"),
+]
+
+
+def summary_table(groups: Iterable[results_pb2.GroupSummary], total: results_pb2.GroupSummary | None = None) -> str:
+    rows = [(g.group, g) for g in groups] + ([("total", total)] if total is not None else [])
+    width = max([5, *(len(name) for name, _ in rows)])
+    headings = "".join(f"  {heading:>{max(len(heading), 6)}}" for heading, _, _ in SUMMARY_COLUMNS)
+    lines = [f"{'group':<{width}}{headings}"]
+    for name, group in rows:
+        cells = "".join(f"  {fmt.format(getattr(group, field)):>{max(len(heading), 6)}}"
+                        for heading, field, fmt in SUMMARY_COLUMNS)
+        lines.append(f"{name:<{width}}{cells}")
+    return "\n".join(lines)
+
+
+def format_result(run: runs_pb2.Run, summary: results_pb2.RunSummary) -> str:
+    """The table per group, the gates, the verdict and its reasons."""
+    from callmeter.v1 import runs_pb2
+
+    parts = [summary_table(summary.groups, summary.total if summary.HasField("total") else None)]
+    if summary.gates:
+        parts.append("\n".join(f"{'PASS' if gate.passed else 'FAIL'}  {gate.gate}  (observed {gate.observed:g})"
+                               for gate in summary.gates))
+    verdict = [f"run {run.id}: {_state(run)}, verdict {short(runs_pb2.Verdict.Name(run.verdict)).upper()}"]
+    parts.append("\n".join(verdict + [f"  {reason}" for reason in run.reasons]))
+    return "\n\n".join(parts)
+
+
+JSON_GROUP_FIELDS = ("endpoints", "registered", "calls_attempted", "calls_connected", "mos_avg", "mos_min",
+                     "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95")
+
+
+def run_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> dict[str, Any]:
+    """{run_id, state, verdict, groups: [{name, endpoints, …, setup_ms_p95}]}."""
+    from callmeter.v1 import runs_pb2
+
+    groups = [{"name": g.group, **{field: getattr(g, field) for field in JSON_GROUP_FIELDS}}
+              for g in (summary.groups if summary is not None else [])]
+    return {"run_id": run.id, "state": _state(run), "verdict": short(runs_pb2.Verdict.Name(run.verdict)),
+            "groups": groups}
+
+
+def format_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> str:
+    import json
+
+    return json.dumps(run_json(run, summary))
+
+
+def junit_xml(test_name: str, run: runs_pb2.Run, summary: results_pb2.RunSummary) -> str:
+    """One testcase per quality gate, with a failure when it did not hold; a run that did not finish
+    adds a "run" testcase with an error, so that CI never reads it as a pass."""
+    import xml.etree.ElementTree as ET
+
+    from callmeter.v1 import runs_pb2
+
+    suite = ET.Element("testsuite", name=f"callmeter {test_name}")
+    ET.SubElement(ET.SubElement(suite, "properties"), "property", name="run_id", value=run.id)
+    failures = errors = 0
+    for gate in summary.gates:
+        case = ET.SubElement(suite, "testcase", classname=f"callmeter.{test_name}", name=gate.gate)
+        if not gate.passed:
+            failures += 1
+            ET.SubElement(case, "failure", message=f"observed {gate.observed:g}").text = \
+                f"{gate.gate} did not hold: observed {gate.observed:g}"
+    if run.state != runs_pb2.RUN_STATE_FINISHED:
+        errors += 1
+        case = ET.SubElement(suite, "testcase", classname=f"callmeter.{test_name}", name="run")
+        ET.SubElement(case, "error", message=f"run {_state(run)}").text = "\n".join(run.reasons) or _state(run)
+    suite.set("tests", str(len(summary.gates) + errors))
+    suite.set("failures", str(failures))
+    suite.set("errors", str(errors))
+    root = ET.Element("testsuites")
+    root.append(suite)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def exit_code(run: runs_pb2.Run) -> ExitCode:
+    from callmeter.v1 import runs_pb2
+
+    if run.state == runs_pb2.RUN_STATE_FINISHED and run.verdict == runs_pb2.VERDICT_PASS:
+        return ExitCode.OK
+    if run.state == runs_pb2.RUN_STATE_FINISHED and run.verdict == runs_pb2.VERDICT_FAIL:
+        return ExitCode.RUN_FAILED
+    return ExitCode.ERROR

@@ -17,6 +17,12 @@ class ApiSettings(CommonSettings):
     orchestrator_address: str = "127.0.0.1:50052"
     #: metrics-ingest's gRPC address, which serves the metric queries.
     metrics_address: str = "127.0.0.1:50054"
+    #: Seconds the API waits for the orchestrator (SubmitRun, CancelRun) or metrics-ingest to answer.
+    call_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: Deadline of a run whose test sets no timeout, counted from StartRun.
+    default_run_timeout_s: float = Field(default=3600.0, gt=0, le=24 * 3600)
+    #: Seconds between two RunProgress messages of WatchRun.
+    watch_interval_s: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("database_url")
     @classmethod

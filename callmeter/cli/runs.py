@@ -1,0 +1,99 @@
+"""`callmeter runs list|show`: the runs you may see, and one run with its results."""
+
+from __future__ import annotations
+
+import argparse
+
+from callmeter.common.exit_codes import ExitCode
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser("runs", help="list runs or show one")
+    sub = parser.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
+    listing = sub.add_parser("list", help="list runs, newest first")
+    listing.add_argument("--test", metavar="NAME", help="only the runs of the test of this name")
+    listing.add_argument("--project", default="", help="only the runs of this project")
+    listing.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    showing = sub.add_parser("show", help="show a run: state, verdict, results per group, gates")
+    showing.add_argument("run_id")
+    showing.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    for command, handler in ((listing, handle_list), (showing, handle_show)):
+        command.add_argument("--api", help="API address host:port (default: CALLMETER_API or the profile)")
+        command.set_defaults(handler=handler)
+
+
+def handle_list(args: argparse.Namespace) -> int:
+    import json
+    from itertools import islice
+
+    import grpc
+    from google.protobuf import json_format
+
+    from callmeter.cli.api_client import error, every_page, resolve_target, rpc_error_line
+    from callmeter.cli.run import short
+    from callmeter.common.errors import ConfigError
+    from callmeter.v1 import common_pb2, runs_pb2, runs_pb2_grpc, tests_pb2, tests_pb2_grpc
+
+    try:
+        target = resolve_target(args.api)
+    except ConfigError as exc:
+        return error(exc.detail)
+    with target.channel() as channel:
+        try:
+            tests = {test.id: test.spec.name for test in every_page(
+                tests_pb2_grpc.TestServiceStub(channel).ListTests,
+                tests_pb2.ListTestsRequest(project_id=args.project, include_archived=True), "tests", target)}
+            wanted = [test_id for test_id, name in tests.items() if name == args.test] if args.test else [""]
+            if not wanted:
+                return error(f"no test named {args.test!r}")
+            stub = runs_pb2_grpc.RunServiceStub(channel)
+            found = [run for test_id in wanted for run in islice(every_page(stub.ListRuns, runs_pb2.ListRunsRequest(
+                project_id=args.project, test_id=test_id, page=common_pb2.PageRequest(page_size=args.limit)),
+                "runs", target), args.limit)]
+        except grpc.RpcError as exc:
+            return error(rpc_error_line(exc))
+    found = sorted(found, key=lambda run: run.created_at.ToNanoseconds(), reverse=True)[:args.limit]
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(run, preserving_proto_field_name=True) for run in found]))
+        return ExitCode.OK
+    print(f"{'run':<34}{'test':<24}{'ver':>4}  {'state':<12}{'verdict':<9}created (UTC)")
+    for run in found:
+        created = run.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{run.id:<34}{tests.get(run.test_id, run.test_id)[:22]:<24}{run.test_version:>4}  "
+              f"{short(runs_pb2.RunState.Name(run.state)):<12}{short(runs_pb2.Verdict.Name(run.verdict)):<9}{created}")
+    return ExitCode.OK
+
+
+def handle_show(args: argparse.Namespace) -> int:
+    import grpc
+
+    from callmeter.cli.api_client import CALL_TIMEOUT_S, error, resolve_target, rpc_error_line
+    from callmeter.cli.run import format_json, format_result
+    from callmeter.common.errors import ConfigError
+    from callmeter.v1 import results_pb2, runs_pb2, runs_pb2_grpc
+
+    try:
+        target = resolve_target(args.api)
+    except ConfigError as exc:
+        return error(exc.detail)
+    with target.channel() as channel:
+        stub = runs_pb2_grpc.RunServiceStub(channel)
+        try:
+            run = stub.GetRun(runs_pb2.GetRunRequest(run_id=args.run_id), metadata=target.metadata(),
+                              timeout=CALL_TIMEOUT_S)
+            # WatchRun's first message is the run's present: live groups, or the summary once it has ended.
+            watch = stub.WatchRun(runs_pb2.WatchRunRequest(run_id=run.id), metadata=target.metadata(),
+                                  timeout=CALL_TIMEOUT_S)
+            now = next(watch)
+            watch.cancel()
+        except grpc.RpcError as exc:
+            return error(rpc_error_line(exc))
+    summary = now.summary if now.HasField("summary") else results_pb2.RunSummary(run_id=run.id, groups=now.groups)
+    if args.json:
+        print(format_json(run, summary))
+        return ExitCode.OK
+    print(f"test {run.test_id} version {run.test_version}, started by {run.started_by or '-'}, "
+          f"{now.elapsed_s:.0f} s of execution")
+    print(format_result(run, summary))
+    return ExitCode.OK

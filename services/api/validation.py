@@ -1,0 +1,203 @@
+"""Checks a TestSpec before anything is stored: every problem, each with its field path.
+
+``validate_spec`` is pure: what the workers can do comes in as ``Capabilities``, so the rules are
+testable without a database. Paths use the proto field names, ``groups[1].codecs[0]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
+from callmeter.common.codecs import codec_matches, codec_names
+from callmeter.v1 import common_pb2, tests_pb2, workers_pb2
+
+# Largest group one test may ask for; larger loads are several groups (and several workers).
+MAX_GROUP_ENDPOINTS = 10_000
+# Longest run a test may ask for (TestSpec.timeout).
+MAX_TIMEOUT_S = 24 * 3600
+MAX_NAME_LENGTH = 255  # the column width of names in the state store
+
+# The run summary metrics a quality gate may judge (GroupSummary fields and ratios of them).
+GATE_METRICS = frozenset({
+    "mos_avg", "mos_min", "loss_pct", "jitter_ms_p95", "rtt_ms_p95", "setup_ms_p95",
+    "calls_failed_pct", "registered_pct", "calls_connected_pct",
+})
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+GROUP_PREFIX = "group:"
+
+# What this product's engine (the pjsua2-python 2.15.1 wheel) has, used for any capability that no
+# registered worker reports: the codec ids its Endpoint.codecEnum2() lists, as workers report them.
+# A spec names a codec by id or by a prefix up to a "/" (callmeter.common.codecs).
+ENGINE_CODECS = ("speex/16000/1", "speex/8000/1", "speex/32000/1", "iLBC/8000/1", "GSM/8000/1", "PCMU/8000/1",
+                 "PCMA/8000/1", "G722/16000/1", "L16/44100/1", "L16/44100/2")
+ENGINE_TRANSPORTS = frozenset({common_pb2.TRANSPORT_UDP, common_pb2.TRANSPORT_TCP, common_pb2.TRANSPORT_TLS})
+# The wheel is built without DTLS-SRTP.
+ENGINE_SRTP_KEYINGS = frozenset({common_pb2.SRTP_KEYING_SDES})
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What at least one worker can do."""
+
+    codecs: tuple[str, ...]  # codec ids, e.g. "PCMU/8000/1"
+    transports: frozenset[int]
+    srtp_keyings: frozenset[int]
+
+
+def capabilities(capacities: Sequence[workers_pb2.WorkerCapacity]) -> Capabilities:
+    """The union of the workers' capacities; the engine's own list for what none of them reports."""
+    codecs = tuple(dict.fromkeys(codec for capacity in capacities for codec in capacity.codecs))
+    transports = frozenset(t for capacity in capacities for t in capacity.transports)
+    keyings = frozenset(k for capacity in capacities for k in capacity.srtp_keyings)
+    return Capabilities(codecs or ENGINE_CODECS, transports or ENGINE_TRANSPORTS, keyings or ENGINE_SRTP_KEYINGS)
+
+
+class _Violations:
+    def __init__(self) -> None:
+        self.found: list[common_pb2.FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.found.append(common_pb2.FieldViolation(field=field, description=description))
+
+    def duration(self, field: str, value: Duration, maximum_s: float | None = None) -> None:
+        if value.seconds < 0 or value.nanos < 0:
+            self.add(field, "must not be negative")
+        elif maximum_s is not None and value.seconds + value.nanos / 1e9 > maximum_s:
+            self.add(field, f"must be at most {maximum_s:g} s")
+
+
+def validate_spec(spec: tests_pb2.TestSpec, caps: Capabilities) -> list[common_pb2.FieldViolation]:
+    """Every problem of the spec; empty when it may be stored and run."""
+    v = _Violations()
+    _name(v, "name", spec.name)
+    if not spec.groups:
+        v.add("groups", "a test needs at least one group")
+    groups = {group.name: group for group in spec.groups}
+    seen: set[str] = set()
+    for i, group in enumerate(spec.groups):
+        path = f"groups[{i}]"
+        if group.name in seen:
+            v.add(f"{path}.name", f"{_q(group.name)} is already the name of an earlier group")
+        seen.add(group.name)
+        _group(v, path, group, groups, caps)
+    for i, gate in enumerate(spec.gates):
+        _gate(v, f"gates[{i}]", gate, groups)
+    for i, label in enumerate(spec.worker_selector):
+        if not label.key:
+            v.add(f"worker_selector[{i}].key", "required")
+    v.duration("timeout", spec.timeout, MAX_TIMEOUT_S)
+    return v.found
+
+
+def _name(v: _Violations, path: str, name: str) -> None:
+    if not name.strip():
+        v.add(path, "required")
+    elif len(name) > MAX_NAME_LENGTH:
+        v.add(path, f"must be at most {MAX_NAME_LENGTH} characters")
+
+
+def _group(v: _Violations, path: str, group: tests_pb2.EndpointGroup,
+           groups: dict[str, tests_pb2.EndpointGroup], caps: Capabilities) -> None:
+    _name(v, f"{path}.name", group.name)
+    if not 1 <= group.count <= MAX_GROUP_ENDPOINTS:
+        v.add(f"{path}.count", f"must be between 1 and {MAX_GROUP_ENDPOINTS} (got {group.count})")
+    target = group.target
+    _known(v, f"{path}.role", common_pb2.EndpointRole, group.role)
+    if group.role == common_pb2.ENDPOINT_ROLE_UNSPECIFIED:
+        v.add(f"{path}.role", "required: caller, callee or registrar_only")
+    elif group.role == common_pb2.ENDPOINT_ROLE_CALLER:
+        _call_uri(v, f"{path}.target.call_uri", target.call_uri, groups)
+    elif group.role == common_pb2.ENDPOINT_ROLE_CALLEE and not (target.aor or target.registrar):
+        v.add(f"{path}.target.aor", "a callee group needs target.aor (where its phones listen) or a registrar")
+    elif group.role == common_pb2.ENDPOINT_ROLE_REGISTRAR_ONLY and not target.registrar:
+        v.add(f"{path}.target.registrar", "a registrar_only group needs a registrar")
+    if target.number_start < 0:
+        v.add(f"{path}.target.number_start", "must not be negative")
+    transport = group.transport or common_pb2.TRANSPORT_UDP
+    if transport not in caps.transports:
+        v.add(f"{path}.transport", f"{_enum(common_pb2.Transport, transport)} is not available on any worker")
+    for j, codec in enumerate(group.codecs):
+        if not codec.strip():
+            v.add(f"{path}.codecs[{j}]", "empty codec name")
+        elif not any(codec_matches(codec, codec_id) for codec_id in caps.codecs):
+            v.add(f"{path}.codecs[{j}]",
+                  f"{_q(codec)} is not available on any worker (available: {', '.join(codec_names(caps.codecs))})")
+    if group.media.HasField("wav_path") and not group.media.wav_path:
+        v.add(f"{path}.media.wav_path", "empty path")
+    if group.media.HasField("tone") and not 0 <= group.media.tone.frequency_hz <= 20_000:
+        v.add(f"{path}.media.tone.frequency_hz", "must be between 0 (1004 Hz) and 20000")
+    _known(v, f"{path}.srtp", common_pb2.SrtpMode, group.srtp)
+    if group.srtp_keying and group.srtp_keying not in caps.srtp_keyings:
+        v.add(f"{path}.srtp_keying",
+              f"{_enum(common_pb2.SrtpKeying, group.srtp_keying)} is not supported by any worker")
+    _scenario(v, f"{path}.scenario", group.scenario)
+
+
+def _call_uri(v: _Violations, path: str, uri: str, groups: dict[str, tests_pb2.EndpointGroup]) -> None:
+    if not uri:
+        v.add(path, "a caller group needs target.call_uri: a SIP URI or 'group:NAME'")
+    elif uri.startswith(GROUP_PREFIX):
+        callee = groups.get(uri.removeprefix(GROUP_PREFIX))
+        if callee is None or callee.role != common_pb2.ENDPOINT_ROLE_CALLEE:
+            callees = [name for name, g in groups.items() if g.role == common_pb2.ENDPOINT_ROLE_CALLEE]
+            v.add(path, f"{_q(uri)} names no callee group (callee groups: {', '.join(callees) or 'none'})")
+    elif not uri.startswith(("sip:", "sips:")):
+        v.add(path, f"{_q(uri)} is neither a sip:/sips: URI nor 'group:NAME'")
+
+
+def _scenario(v: _Violations, path: str, scenario: tests_pb2.Scenario) -> None:
+    for field in ("register_expiry", "reregister_interval", "answer_delay", "call_duration", "ring_timeout",
+                  "pause_between_calls"):
+        v.duration(f"{path}.{field}", getattr(scenario, field))
+    if scenario.reject_code and not 300 <= scenario.reject_code <= 699:
+        v.add(f"{path}.reject_code", f"must be 0 (answer) or a final SIP code 300-699 (got {scenario.reject_code})")
+    if scenario.repetitions < 0:
+        v.add(f"{path}.repetitions", "must not be negative")
+    if not (math.isfinite(scenario.ramp_rate_cps) and scenario.ramp_rate_cps >= 0):
+        v.add(f"{path}.ramp_rate_cps", "must be a non-negative number")
+    v.duration(f"{path}.hold.after", scenario.hold.after)
+    v.duration(f"{path}.hold.duration", scenario.hold.duration)
+    v.duration(f"{path}.dtmf.after", scenario.dtmf.after)
+    _known(v, f"{path}.dtmf.method", common_pb2.DtmfMethod, scenario.dtmf.method)
+    if scenario.HasField("dtmf"):
+        digits = scenario.dtmf.digits
+        if not digits:
+            v.add(f"{path}.dtmf.digits", "required when dtmf is set")
+        elif bad := sorted(set(digits) - DTMF_DIGITS):
+            v.add(f"{path}.dtmf.digits", f"{_q(''.join(bad))}: digits are 0-9, *, # and A-D")
+
+
+def _gate(v: _Violations, path: str, gate: tests_pb2.QualityGate, groups: dict[str, tests_pb2.EndpointGroup]) -> None:
+    if gate.metric not in GATE_METRICS:
+        v.add(f"{path}.metric", f"unknown metric {_q(gate.metric)}; one of: {', '.join(sorted(GATE_METRICS))}")
+    _known(v, f"{path}.comparison", tests_pb2.Comparison, gate.comparison)
+    if gate.comparison == tests_pb2.COMPARISON_UNSPECIFIED:
+        v.add(f"{path}.comparison", "required: lt, le, gt, ge or eq")
+    if not math.isfinite(gate.threshold):
+        v.add(f"{path}.threshold", "must be a finite number")
+    if gate.group and gate.group not in groups:
+        v.add(f"{path}.group", f"{_q(gate.group)} names no group of the test")
+
+
+def _enum(enum: EnumTypeWrapper, value: int) -> str:
+    """"TRANSPORT_TLS" → "tls", as test files write it; a number the contract lacks stays a number."""
+    if value not in enum.values():
+        return str(value)
+    prefix = enum.DESCRIPTOR.values[0].name.removesuffix("UNSPECIFIED")
+    return enum.Name(value).removeprefix(prefix).lower()
+
+
+def _q(text: str) -> str:
+    return json.dumps(text)  # quoted, with control characters escaped
+
+
+def _known(v: _Violations, path: str, enum: EnumTypeWrapper, value: int) -> None:
+    # Proto3 enums are open: a number the contract does not define arrives as is.
+    if value not in enum.values():
+        v.add(path, f"{value} is not a value of {enum.DESCRIPTOR.name}")

@@ -1,0 +1,99 @@
+"""`callmeter run` output: --json, --junit, the summary table and progress, from a fabricated summary."""
+
+from __future__ import annotations
+
+import io
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from callmeter.cli.run import exit_code, follow, format_result, junit_xml, progress_line, run_json
+from callmeter.common.exit_codes import ExitCode
+from callmeter.v1 import results_pb2, runs_pb2
+
+
+def fabricated() -> tuple[runs_pb2.Run, results_pb2.RunSummary]:
+    callers = results_pb2.GroupSummary(group="callers", endpoints=10, registered=10, calls_attempted=20,
+                                       calls_connected=19, calls_failed=1, mos_avg=4.21, mos_min=3.5,
+                                       jitter_ms_p95=4.5, loss_pct=0.25, rtt_ms_p95=12.0, setup_ms_p95=180.0)
+    callees = results_pb2.GroupSummary(group="callees", endpoints=10, registered=9)
+    summary = results_pb2.RunSummary(run_id="r1", groups=[callers, callees], gates=[
+        results_pb2.GateResult(gate="mos_avg >= 4.0", observed=4.21, passed=True),
+        results_pb2.GateResult(gate="group callers: calls_failed_pct == 0", observed=5.0, passed=False),
+    ])
+    run = runs_pb2.Run(id="r1", state=runs_pb2.RUN_STATE_FINISHED, verdict=runs_pb2.VERDICT_FAIL,
+                       reasons=["group callers: calls_failed_pct == 0 (observed 5)"])
+    return run, summary
+
+
+def test_json_has_exactly_the_documented_shape() -> None:
+    run, summary = fabricated()
+    data = json.loads(json.dumps(run_json(run, summary)))
+    assert list(data) == ["run_id", "state", "verdict", "groups"]
+    assert (data["run_id"], data["state"], data["verdict"]) == ("r1", "finished", "fail")
+    assert data["groups"][0] == {
+        "name": "callers", "endpoints": 10, "registered": 10, "calls_attempted": 20, "calls_connected": 19,
+        "mos_avg": 4.21, "mos_min": 3.5, "jitter_ms_p95": 4.5, "loss_pct": 0.25, "rtt_ms_p95": 12.0,
+        "setup_ms_p95": 180.0,
+    }
+    assert [g["name"] for g in data["groups"]] == ["callers", "callees"]
+    assert run_json(run, None)["groups"] == []
+
+
+def test_junit_has_a_case_per_gate_and_a_failure_where_it_did_not_hold() -> None:
+    run, summary = fabricated()
+    suite = ET.fromstring(junit_xml("smoke", run, summary)).find("testsuite")
+    assert suite is not None
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("2", "1", "0")
+    cases = suite.findall("testcase")
+    assert [c.get("name") for c in cases] == ["mos_avg >= 4.0", "group callers: calls_failed_pct == 0"]
+    assert cases[0].find("failure") is None
+    failure = cases[1].find("failure")
+    assert failure is not None and failure.get("message") == "observed 5"
+
+
+def test_junit_reports_a_run_that_did_not_finish_as_an_error() -> None:
+    run = runs_pb2.Run(id="r2", state=runs_pb2.RUN_STATE_FAILED, verdict=runs_pb2.VERDICT_ERROR,
+                       reasons=["no worker has free capacity"])
+    suite = ET.fromstring(junit_xml("smoke", run, results_pb2.RunSummary())).find("testsuite")
+    assert suite is not None and suite.get("errors") == "1"
+    error = suite.find("testcase/error")
+    assert error is not None and error.text == "no worker has free capacity"
+
+
+def test_result_table_gates_and_verdict() -> None:
+    run, summary = fabricated()
+    text = format_result(run, summary)
+    header, callers, callees = text.splitlines()[:3]
+    assert header.split()[:3] == ["group", "endpoints", "registered"]
+    assert callers.split() == ["callers", "10", "10", "20", "19", "1", "4.21", "3.50", "4.5", "0.25", "12.0", "180"]
+    assert callees.split()[:3] == ["callees", "10", "9"]
+    assert "PASS  mos_avg >= 4.0  (observed 4.21)" in text
+    assert "FAIL  group callers: calls_failed_pct == 0  (observed 5)" in text
+    assert "verdict FAIL" in text
+
+
+@pytest.mark.parametrize(("state", "verdict", "code"), [
+    (runs_pb2.RUN_STATE_FINISHED, runs_pb2.VERDICT_PASS, ExitCode.OK),
+    (runs_pb2.RUN_STATE_FINISHED, runs_pb2.VERDICT_FAIL, ExitCode.RUN_FAILED),
+    (runs_pb2.RUN_STATE_FAILED, runs_pb2.VERDICT_ERROR, ExitCode.ERROR),
+    (runs_pb2.RUN_STATE_CANCELLED, runs_pb2.VERDICT_ERROR, ExitCode.ERROR),
+])
+def test_exit_code_follows_the_verdict(state: int, verdict: int, code: ExitCode) -> None:
+    assert exit_code(runs_pb2.Run(state=state, verdict=verdict)) == code
+
+
+def test_progress_without_a_terminal_is_plain_lines_at_state_changes() -> None:
+    run, summary = fabricated()
+    live = [runs_pb2.RunProgress(state=runs_pb2.RUN_STATE_QUEUED),
+            runs_pb2.RunProgress(state=runs_pb2.RUN_STATE_RUNNING, elapsed_s=1, groups=summary.groups[:1]),
+            runs_pb2.RunProgress(state=runs_pb2.RUN_STATE_RUNNING, elapsed_s=2, groups=summary.groups[:1]),
+            runs_pb2.RunProgress(state=runs_pb2.RUN_STATE_FINISHED, elapsed_s=3, summary=summary)]
+    out = io.StringIO()
+    assert follow(live, out) == summary
+    lines = out.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["queued", "running", "finished"]
+    assert "\r" not in out.getvalue()
+    assert progress_line(live[1]).split()[1:] == ["running", "callers:", "10", "ep", "10", "reg", "19", "conn",
+                                                  "MOS", "4.21"]
