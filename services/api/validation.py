@@ -15,6 +15,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from callmeter.common.codecs import codec_matches, codec_names
+from callmeter.common.gates import GATE_METRICS
 from callmeter.v1 import common_pb2, tests_pb2, workers_pb2
 
 # Largest group one test may ask for; larger loads are several groups (and several workers).
@@ -23,11 +24,6 @@ MAX_GROUP_ENDPOINTS = 10_000
 MAX_TIMEOUT_S = 24 * 3600
 MAX_NAME_LENGTH = 255  # the column width of names in the state store
 
-# The run summary metrics a quality gate may judge (GroupSummary fields and ratios of them).
-GATE_METRICS = frozenset({
-    "mos_avg", "mos_min", "loss_pct", "jitter_ms_p95", "rtt_ms_p95", "setup_ms_p95",
-    "calls_failed_pct", "registered_pct", "calls_connected_pct",
-})
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 GROUP_PREFIX = "group:"
 

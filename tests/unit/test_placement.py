@@ -73,3 +73,10 @@ def test_failed_gates_give_reasons_with_observed_values() -> None:
 def test_a_gate_on_what_was_not_measured_fails() -> None:
     verdict, reasons = judge(summary(calls_attempted=0), [gate("mos_avg", tests_pb2.COMPARISON_GE, 1)])
     assert verdict == runs_pb2.VERDICT_FAIL and reasons == ["mos_avg >= 1: not measured"]
+
+
+def test_the_verdict_reads_every_gate_metric_the_api_accepts() -> None:
+    from callmeter.common.gates import GATE_METRICS
+    from services.orchestrator.verdict import METRICS
+
+    assert set(METRICS) == GATE_METRICS
