@@ -1,13 +1,15 @@
-"""`callmeter demo`: the platform on embedded defaults in a fresh directory, checked end to end.
+"""`callmeter demo`: the whole platform from nothing, one real test, its result, and a clean stop.
 
-It starts NATS, the five services and a local worker, shows them healthy, asks the API (with the
-bootstrap owner token) for the workers and requires the local worker ONLINE — which proves the
-chain worker → TLS → gateway → orchestrator → database → API — then stops everything.
+It starts NATS, the five services and a local worker on embedded defaults in a fresh directory,
+runs the self-call example (two groups of virtual phones calling each other with real RTP)
+exactly as `callmeter run FILE --wait` would, prints the summary with MOS and the verdict, and
+stops everything. The exit code is the run's: 0 pass, 1 fail, 2 error.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -15,23 +17,31 @@ from pathlib import Path
 
 from callmeter.common.exit_codes import ExitCode
 
+DEFAULT_EXAMPLE = Path("examples") / "selfcall.yaml"
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = commands.add_parser("demo", help="start the platform from nothing, check it end to end, stop")
+    parser = commands.add_parser("demo", help="start the platform from nothing, run a real test, print the result",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--file", type=Path, default=DEFAULT_EXAMPLE, help=f"test file to run (default: {DEFAULT_EXAMPLE})")
     parser.add_argument("--keep", type=Path, default=None,
                         help="use and keep this data directory instead of a temporary one")
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
+    from callmeter.cli import run
     from callmeter.cli.platform import Platform
     from callmeter.cli.up import print_status
     from callmeter.common.errors import ConfigError
 
+    if not args.file.is_file():
+        print(f"callmeter: error: no test file {args.file} (run the demo from the repository's top folder)",
+              file=sys.stderr)
+        return ExitCode.ERROR
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="callmeter-demo-") as tmp:
-        data_dir = args.keep or Path(tmp)
-        platform = Platform(data_dir, auto_ports=True)
+        platform = Platform(args.keep or Path(tmp), auto_ports=True)
         try:
             platform.start()
         except ConfigError as error:
@@ -39,34 +49,14 @@ def handle(args: argparse.Namespace) -> int:
             return ExitCode.ERROR
         try:
             print_status(platform)
-            online = _local_worker_online(platform)
+            # The same path as `callmeter run FILE --wait`, with the platform's own address and token.
+            os.environ["CALLMETER_API"] = platform.api_address
+            os.environ["CALLMETER_TOKEN"] = platform.owner_token or ""
+            code = run.handle(argparse.Namespace(file=args.file, api=None, project="", wait=True, json=False,
+                                                 junit=None, timeout=300.0))
         finally:
-            codes = platform.stop()
-    unclean = [name for name, code in codes.items() if code != 0]
-    print(f"local worker online through the API: {'yes' if online else 'NO'}")
+            stopped = platform.stop()
+    unclean = [name for name, exit_code in stopped.items() if exit_code != 0]
     print(f"stopped {'cleanly' if not unclean else 'with errors in ' + ', '.join(unclean)}; "
           f"demo took {time.monotonic() - began:.1f} s")
-    return ExitCode.OK if online and not unclean else ExitCode.ERROR
-
-
-def _local_worker_online(platform, timeout_s: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
-    """Polls the API's ListWorkers with the owner token until the local worker is ONLINE."""
-    import grpc
-
-    from callmeter.common.channels import sync_channel
-    from callmeter.v1 import workers_pb2, workers_pb2_grpc
-
-    metadata = [("authorization", f"Bearer {platform.owner_token}")]
-    deadline = time.monotonic() + timeout_s
-    with sync_channel(platform.api_address) as channel:
-        stub = workers_pb2_grpc.WorkerServiceStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                reply = stub.ListWorkers(workers_pb2.ListWorkersRequest(), metadata=metadata, timeout=5)
-            except grpc.RpcError as exc:
-                print(f"callmeter: error: ListWorkers: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-                return False
-            if any(w.name == "local" and w.state == workers_pb2.WORKER_STATE_ONLINE for w in reply.workers):
-                return True
-            time.sleep(0.5)
-    return False
+    return code if not unclean else ExitCode.ERROR
