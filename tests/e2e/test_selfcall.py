@@ -1,0 +1,163 @@
+"""End to end: the five services as separate processes, a real self-call with real RTP, the
+result read back through the API — on embedded defaults and on the machine's PostgreSQL and
+NATS — and a run that survives its orchestrator being SIGKILLed and restarted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from callmeter.common.stores.database import create_database_engine
+from callmeter.common.stores.nats import EmbeddedNats
+from callmeter.common.tls import DevPki
+from callmeter.state.bootstrap import bootstrap_local
+from callmeter.state.migrate import upgrade
+from tests.procs import ServiceProcess, base_env, callmeter_command, eventually, http_get, start_service
+
+MACHINE_NATS = "nats://127.0.0.1:4222"
+
+SPEC = """
+name: e2e-selfcall
+groups:
+  - name: callees
+    count: 2
+    role: callee
+    target: {{aor: "sip:callee{{n}}@127.0.0.1:{port}"}}
+    codecs: [PCMU]
+    media: {{tone: {{frequency_hz: 1004}}}}
+  - name: callers
+    count: 2
+    role: caller
+    target: {{call_uri: "group:callees"}}
+    codecs: [PCMU]
+    media: {{tone: {{frequency_hz: 1004}}}}
+    scenario: {{call_duration: {duration}s}}
+gates:
+  - {{metric: mos_avg, comparison: ge, threshold: 3.5}}
+timeout: 120s
+"""
+
+
+@dataclass
+class Platform:
+    tmp_path: Path
+    database_url: str
+    nats_url: str
+    pki: DevPki
+    services: dict[str, ServiceProcess]
+    owner_token: str
+    #: Fixed, so that a restarted orchestrator is found where the api and the gateway look.
+    orchestrator_port: int
+
+    def start_orchestrator(self) -> ServiceProcess:
+        self.services["orchestrator"] = start_service("orchestrator", self.tmp_path, {
+            "CALLMETER_DATABASE_URL": self.database_url, "CALLMETER_NATS_URL": self.nats_url,
+            "CALLMETER_METRICS_ADDRESS": self.services["metrics"].address, "CALLMETER_COLLECT_DELAY_S": "2",
+            "CALLMETER_GRPC_PORT": str(self.orchestrator_port)})
+        return self.services["orchestrator"]
+
+    def run(self, spec_text: str, *extra: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
+        spec = self.tmp_path / f"spec-{len(list(self.tmp_path.glob('spec-*')))}.yaml"
+        spec.write_text(spec_text)
+        env = base_env(CALLMETER_API=self.services["api"].address, CALLMETER_TOKEN=self.owner_token)
+        return subprocess.run(callmeter_command("run", str(spec), "--wait", "--json", *extra), env=env,
+                              capture_output=True, text=True, timeout=timeout_s)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_platform(tmp_path: Path, database_url: str, nats_url: str, pki: DevPki) -> Platform:
+    engine = create_database_engine(database_url)
+    upgrade(engine)
+    boot = bootstrap_local(engine, existing_worker_token=None)
+    engine.dispose()
+    assert boot.owner_token_secret and boot.worker_token_secret
+    platform = Platform(tmp_path, database_url, nats_url, pki, {}, boot.owner_token_secret,
+                        orchestrator_port=free_port())
+    platform.services["metrics"] = start_service("metrics", tmp_path, {
+        "CALLMETER_NATS_URL": nats_url, "CALLMETER_CLICKHOUSE_URL": f"chdb://{tmp_path / 'metrics'}"})
+    platform.start_orchestrator()
+    platform.services["gateway"] = start_service("gateway", tmp_path, {
+        "CALLMETER_NATS_URL": nats_url, "CALLMETER_TLS_CERT_FILE": str(pki.server_cert),
+        "CALLMETER_TLS_KEY_FILE": str(pki.server_key),
+        "CALLMETER_ORCHESTRATOR_ADDRESS": platform.services["orchestrator"].address})
+    platform.services["api"] = start_service("api", tmp_path, {
+        "CALLMETER_DATABASE_URL": database_url, "CALLMETER_ORCHESTRATOR_ADDRESS": platform.services["orchestrator"].address,
+        "CALLMETER_METRICS_ADDRESS": platform.services["metrics"].address})
+    worker = platform.services["worker"] = start_service("worker", tmp_path, {
+        "CALLMETER_GATEWAY_ADDRESS": platform.services["gateway"].address, "CALLMETER_CA_FILE": str(pki.ca_cert),
+        "CALLMETER_WORKER_TOKEN": boot.worker_token_secret, "CALLMETER_HEALTH_PORT": "0",
+        "CALLMETER_WORKER_NAME": "e2e"})
+    eventually(lambda: http_get(f"http://127.0.0.1:{worker.ready['health_port']}/readyz")[0] == 200,
+               timeout_s=60, message="worker connected")
+    return platform
+
+
+def stop_platform(platform: Platform) -> None:
+    for name in ("worker", "api", "gateway", "orchestrator", "metrics"):
+        service = platform.services[name]
+        assert service.terminate(timeout_s=20) == 0, f"{name}:\n{service.log()[-2000:]}"
+
+
+@pytest.fixture
+def embedded(tmp_path: Path, nats_server: EmbeddedNats, pki: DevPki) -> Iterator[Platform]:
+    platform = start_platform(tmp_path, f"sqlite:///{tmp_path / 'state.db'}", nats_server.url, pki)
+    yield platform
+    stop_platform(platform)
+
+
+@pytest.fixture
+def production(tmp_path: Path, postgres_url: str, pki: DevPki) -> Iterator[Platform]:
+    platform = start_platform(tmp_path, postgres_url, MACHINE_NATS, pki)
+    yield platform
+    stop_platform(platform)
+
+
+def assert_good_call_result(result: subprocess.CompletedProcess[str]) -> dict:  # type: ignore[type-arg]
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["state"], summary["verdict"]) == ("finished", "pass"), summary
+    groups = {group["name"]: group for group in summary["groups"]}
+    for name in ("callers", "callees"):
+        group = groups[name]
+        assert group["endpoints"] == 2 and group["calls_connected"] == 2, group
+        assert 3.5 <= group["mos_avg"] <= 4.5, group
+        assert group["loss_pct"] < 1, group
+    return summary
+
+
+def test_selfcall_on_embedded_defaults(embedded: Platform) -> None:
+    assert_good_call_result(embedded.run(SPEC.format(port=free_port(), duration=5)))
+
+
+@pytest.mark.postgres
+def test_selfcall_on_postgresql_and_the_machines_nats(production: Platform) -> None:
+    assert_good_call_result(production.run(SPEC.format(port=free_port(), duration=5)))
+
+
+def test_run_survives_the_orchestrator_killed_and_restarted(embedded: Platform) -> None:
+    spec = embedded.tmp_path / "long.yaml"
+    spec.write_text(SPEC.format(port=free_port(), duration=12))
+    env = base_env(CALLMETER_API=embedded.services["api"].address, CALLMETER_TOKEN=embedded.owner_token)
+    runner = subprocess.Popen(callmeter_command("run", str(spec), "--wait", "--json"), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker_log = embedded.services["worker"]
+    eventually(lambda: "assignment_accepted" in worker_log.log(), timeout_s=60, message="run dispatched")
+    orchestrator = embedded.services["orchestrator"]
+    os.kill(orchestrator.process.pid, signal.SIGKILL)
+    orchestrator.process.wait()
+    embedded.start_orchestrator()  # same port, same database: the api and gateway reconnect to it
+    stdout, stderr = runner.communicate(timeout=180)
+    assert_good_call_result(subprocess.CompletedProcess(runner.args, runner.returncode, stdout, stderr))
