@@ -1,0 +1,246 @@
+"""The per-phone scenario driver: register, call or answer, hold, DTMF, hang up, unregister.
+
+tick() runs on every loop iteration. It reads what the phone's callbacks recorded and decides
+the next SIP action; it is the only place that acts on a phone during a run. Times are
+time.monotonic() seconds.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+import pjsua2 as pj
+
+from callmeter.v1 import common_pb2
+from services.worker.engine.media import MediaSource
+from services.worker.engine.phone import CallRecord, Phone
+from services.worker.engine.plan import PhonePlan
+from services.worker.engine.sampler import CallMeter
+
+# Bound on waiting for an unregistration's response at the end of a scenario.
+UNREGISTER_WAIT_S = 5.0
+BUSY_HERE = 486
+TEMPORARILY_UNAVAILABLE = 480
+
+ReportError = Callable[[Phone, int, str], None]
+
+
+class Stage(enum.Enum):
+    WAITING = "waiting"  # for the run's start
+    REGISTERING = "registering"
+    ACTIVE = "active"  # calling, answering or holding a registration
+    UNREGISTERING = "unregistering"
+    FINISHED = "finished"
+
+
+class Driver:
+    def __init__(self, plan: PhonePlan, phone: Phone, source: MediaSource, sink: pj.AudioMedia,
+                 begin_at: float, report_error: ReportError) -> None:
+        self.plan = plan
+        self.phone = phone
+        self.source = source
+        self.sink = sink
+        self.begin_at = begin_at
+        self.report_error = report_error
+        self.stage = Stage.WAITING
+        self.call: CallRecord | None = None  # the phone's current call
+        self.calls_done = 0  # calls ended, placed (callers) or received (callees)
+        self.next_call_at = begin_at + plan.start_offset_s
+        self.end_at = begin_at + plan.run_for_s if plan.run_for_s else None
+        self.calls_due_at = begin_at + plan.calls_due_s if plan.calls_due_s is not None else None
+        self._unregister_deadline = 0.0
+        self._acted: set[str] = set()  # one-shot actions taken on the current call
+        self._answer_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.stage is Stage.FINISHED
+
+    def tick(self, now: float) -> None:
+        if self.stage is Stage.FINISHED or self.plan.role != common_pb2.ENDPOINT_ROLE_CALLEE:
+            self._refuse_incoming()
+        if self.stage is Stage.WAITING:
+            if now >= self.begin_at:
+                self._begin()
+            return
+        registration = self._registration_event()
+        if self.stage is Stage.REGISTERING:
+            if not registration:
+                return
+            if not self.phone.state.registered:
+                self.stage = Stage.FINISHED  # the failure was reported; a phone that cannot register does no more
+                return
+            self.stage = Stage.ACTIVE
+        if self.stage is Stage.ACTIVE:
+            self._active(now)
+        elif self.stage is Stage.UNREGISTERING and (registration or now >= self._unregister_deadline):
+            self.stage = Stage.FINISHED
+
+    def stop(self, now: float) -> None:
+        """Ends the scenario early (engine stop): hang up, then unregister where configured."""
+        for record in [self.call, *self.phone.incoming]:
+            if record is not None and record.call is not None and record.ended_at is None:
+                _try(lambda call=record.call: call.hangup(pj.CallOpParam()))
+        self.phone.incoming.clear()
+        if self.stage in (Stage.ACTIVE, Stage.REGISTERING):
+            self._finish(now)
+        elif self.stage is Stage.WAITING:
+            self.stage = Stage.FINISHED
+
+    def _begin(self) -> None:
+        if not self.plan.registrar:
+            self.stage = Stage.ACTIVE
+            return
+        self.stage = Stage.REGISTERING
+        error = _try(lambda: self.phone.setRegistration(True))
+        if error:
+            self.report_error(self.phone, 0, f"REGISTER not sent: {error}")
+            self.stage = Stage.FINISHED
+
+    def _registration_event(self) -> bool:
+        """Whether a REGISTER transaction ended since the last tick; reports failures."""
+        state = self.phone.state
+        if not state.register_done:
+            return False
+        state.register_done = False
+        if not 200 <= state.register_last_code < 300:
+            self.report_error(self.phone, state.register_last_code,
+                              f"REGISTER to {self.plan.registrar} failed: {state.register_last_code} {state.register_reason}")
+        return True
+
+    def _active(self, now: float) -> None:
+        role = self.plan.role
+        if self.call is not None:
+            self._follow_call(now)
+        if role == common_pb2.ENDPOINT_ROLE_CALLER:
+            if self.call is None:
+                if self.calls_done >= self.plan.repetitions:
+                    self._finish(now)
+                elif now >= self.next_call_at:
+                    self._place_call(now)
+        elif role == common_pb2.ENDPOINT_ROLE_CALLEE:
+            self._take_incoming(now)
+            expected = self.plan.expected_calls
+            if self.call is None and expected is not None:
+                if self.calls_done >= expected:
+                    self._finish(now)
+                elif self.calls_due_at is not None and now >= self.calls_due_at:
+                    self.report_error(self.phone, 0, f"{self.calls_done} of the {expected} calls the callers' "
+                                      "schedule would place arrived by its end; giving up on the rest")
+                    self._finish(now)
+        if self.stage is Stage.ACTIVE and self.end_at is not None and now >= self.end_at:
+            self.stop(now)
+
+    def _place_call(self, now: float) -> None:
+        record = self.phone.new_call(outgoing=True)
+        self.call, self._acted = record, set()
+        error = _try(lambda: record.call.makeCall(self.plan.call_uri, pj.CallOpParam(True)))
+        if error:
+            # No INVITE left: the call failed locally (e.g. no free call slot, bad URI).
+            self.phone.calls.discard(record.call)
+            record.call, record.ended_at = None, now
+            self.phone.counters.calls_failed += 1
+            self.phone.state.call_last_code = 0
+            self.report_error(self.phone, 0, f"call to {self.plan.call_uri} not placed: {error}")
+
+    def _take_incoming(self, now: float) -> None:
+        while self.phone.incoming:
+            record = self.phone.incoming.pop(0)
+            if record.call is None:  # cancelled before we looked
+                self.calls_done += 1
+                continue
+            if self.call is not None:
+                self._answer(record, BUSY_HERE)  # one call at a time per phone, as a phone would
+                self.calls_done += 1
+            elif self.plan.reject_code:
+                self._answer(record, self.plan.reject_code)
+                self.call, self._acted, self._answer_at = record, set(), None
+            else:
+                self._answer(record, 180)
+                self.phone.state.ring_time_ms = round((now - record.started) * 1000)
+                self.call, self._acted, self._answer_at = record, set(), now + self.plan.answer_delay_s
+
+    def _refuse_incoming(self) -> None:
+        """Answers 480 to calls this phone does not take: it is no callee, or it has finished."""
+        while self.phone.incoming:
+            self._answer(self.phone.incoming.pop(0), TEMPORARILY_UNAVAILABLE)
+
+    def _follow_call(self, now: float) -> None:
+        record, plan = self.call, self.plan
+        assert record is not None
+        if record.ended_at is not None:
+            if record.confirmed_at is None and record.outgoing:
+                self.report_error(self.phone, record.last_code,
+                                  f"call to {plan.call_uri} failed: {record.last_code} {record.reason}")
+            self.call = None
+            self.calls_done += 1
+            self.next_call_at = now + plan.pause_s
+            return
+        call = record.call
+        if call is None:
+            return
+        if record.media_changed:
+            record.media_changed = False
+            index = self.source.attach(record, self.sink)
+            if index is not None and record.audio_index is None:
+                record.audio_index = index
+                record.meter = CallMeter(call, index)
+        if record.confirmed_at is None:
+            if not record.outgoing and self._answer_at is not None and now >= self._answer_at:
+                self._answer_at = None
+                self._answer(record, 200)
+            elif record.outgoing and now - record.started >= plan.ring_timeout_s and self._once("cancel"):
+                _try(lambda: call.hangup(pj.CallOpParam()))
+            return
+        talk = now - record.confirmed_at
+        if plan.hold is not None:
+            if talk >= plan.hold.after_s and self._once("hold"):
+                self._act(lambda: call.setHold(pj.CallOpParam(True)), "hold")
+            if talk >= plan.hold.after_s + plan.hold.duration_s and self._once("unhold"):
+                param = pj.CallOpParam(True)
+                param.opt.flag = pj.PJSUA_CALL_UNHOLD
+                self._act(lambda: call.reinvite(param), "unhold")
+        if plan.dtmf is not None and talk >= plan.dtmf.after_s and self._once("dtmf"):
+            param = pj.CallSendDtmfParam()
+            param.digits = plan.dtmf.digits
+            param.method = (pj.PJSUA_DTMF_METHOD_SIP_INFO if plan.dtmf.method == common_pb2.DTMF_METHOD_SIP_INFO
+                            else pj.PJSUA_DTMF_METHOD_RFC2833)
+            self._act(lambda: call.sendDtmf(param), "DTMF")
+        if record.outgoing and talk >= plan.call_duration_s and self._once("hangup"):
+            _try(lambda: call.hangup(pj.CallOpParam()))
+
+    def _answer(self, record: CallRecord, code: int) -> None:
+        param = pj.CallOpParam()
+        param.statusCode = code
+        call = record.call
+        if call is not None:
+            _try(lambda: call.answer(param))  # fails only if the caller gave up meanwhile
+
+    def _finish(self, now: float) -> None:
+        if self.plan.unregister_at_end and self.phone.state.registered:
+            self.stage = Stage.UNREGISTERING
+            self._unregister_deadline = now + UNREGISTER_WAIT_S
+            if _try(lambda: self.phone.setRegistration(False)) is None:
+                return
+        self.stage = Stage.FINISHED
+
+    def _once(self, action: str) -> bool:
+        if action in self._acted:
+            return False
+        self._acted.add(action)
+        return True
+
+    def _act(self, action: Callable[[], object], what: str) -> None:
+        error = _try(action)
+        if error:
+            self.report_error(self.phone, 0, f"{what} failed: {error}")
+
+
+def _try(action: Callable[[], object]) -> str | None:
+    """Runs a pjsua2 call; returns its error text instead of raising."""
+    try:
+        action()
+    except pj.Error as exc:
+        return exc.reason or exc.info()
+    return None

@@ -1,0 +1,58 @@
+"""Engine subprocesses for the tests: each with its log in a file, killed at the end."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from callmeter.v1 import engine_pb2
+from services.worker.engine.client import EngineClient
+
+
+class EngineProcess(EngineClient):
+    """An engine with its log in a file; waits fail the test with the log's tail."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        super().__init__(env={"SIP_IP": "127.0.0.1", "PYTHONFAULTHANDLER": "1"},
+                         stderr=log_path.open("wb"))
+
+    def wait_for(self, kind: str, timeout: float) -> engine_pb2.EngineEvent:
+        event = super().wait_for(kind, timeout)
+        if event is None:
+            pytest.fail(f"no {kind} event within {timeout} s; engine log:\n{self.log()}")
+        return event
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture
+def engines(tmp_path: Path) -> Iterator[Callable[[str], EngineProcess]]:
+    started: list[EngineProcess] = []
+
+    def start(name: str) -> EngineProcess:
+        engine = EngineProcess(tmp_path / f"{name}.log")
+        started.append(engine)
+        return engine
+
+    yield start
+    for engine in started:
+        engine.kill()
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def samples_of(engine: EngineProcess) -> list:
+    return [e.sample for e in engine.received if e.WhichOneof("event") == "sample"]
+
+
+def total(samples: list, field: str) -> int:
+    return sum(getattr(s.metrics, field) for s in samples)

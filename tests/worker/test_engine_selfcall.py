@@ -1,0 +1,125 @@
+"""Real engine processes on loopback: a self-call between two engines, and refusals.
+
+Each engine is `python -m services.worker.engine`, driven through its stdin/stdout channel
+exactly as the supervisor drives it. Bounded: a few seconds of calls, every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from callmeter.v1 import common_pb2, engine_pb2, tests_pb2
+from tests.worker.conftest import free_udp_port, samples_of, total
+
+CALL_SECONDS = 5
+
+
+def start_command(spec: tests_pb2.TestSpec, group: str, count: int, rtp_base: int, start_at: float) -> engine_pb2.EngineCommand:
+    command = engine_pb2.EngineCommand()
+    start = command.start
+    start.run_id = "run-selfcall"
+    start.spec.CopyFrom(spec)
+    start.slices.add(group=group, first_index=0, count=count)
+    start.rtp_port_min, start.rtp_port_max = rtp_base, rtp_base + 99
+    start.start_at = start_at
+    return command
+
+
+def test_self_call_between_two_engines_carries_rtp_and_scores_mos(engines) -> None:
+    callee_port = free_udp_port()
+    spec = tests_pb2.TestSpec(name="self-call")
+    callees = spec.groups.add(name="callees", count=2, role=common_pb2.ENDPOINT_ROLE_CALLEE, codecs=["PCMU"])
+    callees.target.aor = f"sip:{{n}}@127.0.0.1:{callee_port}"
+    callees.target.number_start = 100
+    callees.media.tone.frequency_hz = 440
+    callers = spec.groups.add(name="callers", count=2, role=common_pb2.ENDPOINT_ROLE_CALLER, codecs=["PCMU"])
+    callers.target.call_uri = "group:callees"
+    callers.scenario.call_duration.seconds = CALL_SECONDS
+
+    callee_engine, caller_engine = engines("callee-engine"), engines("caller-engine")
+    for engine in (callee_engine, caller_engine):
+        ready = engine.next_event(timeout=20)
+        assert ready is not None and ready.WhichOneof("event") == "ready", "the first frame must be ready"
+        assert ready.ready.pid == engine.proc.pid
+        assert ready.ready.max_calls == 4 and ready.ready.max_accounts == 8
+        assert {"PCMU", "PCMA", "G722"} <= set(ready.ready.codecs)
+
+    rtp_base = random.randrange(20000, 40000, 2)
+    start_at = time.time() + 1.0
+    callee_engine.send(start_command(spec, "callees", 2, rtp_base, start_at))
+    caller_engine.send(start_command(spec, "callers", 2, rtp_base + 100, start_at))
+
+    caller_done = caller_engine.wait_for("done", timeout=CALL_SECONDS + 20)
+    callee_done = callee_engine.wait_for("done", timeout=10)
+    assert caller_done.done.run_id == callee_done.done.run_id == "run-selfcall"
+    for engine in (callee_engine, caller_engine):
+        assert engine.stop() == 0, engine.log()
+        kinds = [e.WhichOneof("event") for e in engine.received]
+        assert kinds[0] == "ready" and "endpoint_error" not in kinds, [e for e in engine.received if e.HasField("endpoint_error")]
+        assert kinds.index("done") > kinds.index("sample"), "samples come before done"
+        assert "Assertion" not in engine.log()
+
+    for engine, group in ((caller_engine, "callers"), (callee_engine, "callees")):
+        samples = samples_of(engine)
+        assert {s.group for s in samples} == {group}
+        assert {s.endpoint for s in samples} == {0, 1}
+        seconds = sorted({s.second for s in samples})
+        assert seconds == list(range(seconds[0], seconds[-1] + 1)), "one sample per endpoint-second, no gaps"
+        assert CALL_SECONDS <= len(seconds) <= CALL_SECONDS + 4
+        assert total(samples, "calls_attempted") == 2
+        assert total(samples, "calls_connected") == 2
+        assert total(samples, "calls_failed") == 0
+        assert all(s.metrics.call_last_code == 200 for s in samples if s.metrics.call_active)
+        assert [s.metrics.setup_time_ms > 0 for s in samples if s.metrics.setup_time_ms] == [True, True]
+        for endpoint in (0, 1):
+            mine = [s for s in samples if s.endpoint == endpoint]
+            received, sent = total(mine, "rx_packets"), total(mine, "tx_packets")
+            # PCMU at 20 ms: 50 packets a second each way.
+            assert received >= 50 * (CALL_SECONDS - 1), (group, endpoint, received)
+            assert sent >= 50 * (CALL_SECONDS - 1), (group, endpoint, sent)
+            assert total(mine, "rx_bytes") == 160 * received
+            assert total(mine, "rx_lost") <= received * 0.01
+        scored = [s.metrics for s in samples if s.metrics.mos]
+        assert len(scored) >= 2 * (CALL_SECONDS - 1)
+        assert all(350 <= m.mos <= 450 for m in scored), [m.mos for m in scored]
+        assert all(8000 <= m.r_factor <= 9400 for m in scored)
+        assert any(m.rx_jitter_us for m in scored)
+        assert any(m.jb_delay_ms for m in scored)
+    assert any(s.metrics.rtt_us for s in samples_of(callee_engine) + samples_of(caller_engine))
+
+
+def test_unknown_codec_is_an_endpoint_error_naming_it(engines) -> None:
+    spec = tests_pb2.TestSpec(name="bad-codec")
+    callers = spec.groups.add(name="callers", count=2, role=common_pb2.ENDPOINT_ROLE_CALLER, codecs=["PCMU", "OPUS"])
+    callers.target.call_uri = "sip:{n}@127.0.0.1:9"
+    engine = engines("codec-engine")
+    engine.wait_for("ready", timeout=20)
+    engine.send(start_command(spec, "callers", 2, 0, time.time()))
+    errors = [engine.wait_for("endpoint_error", timeout=10).endpoint_error for _ in range(2)]
+    assert sorted(e.endpoint for e in errors) == [0, 1]
+    for error in errors:
+        assert error.group == "callers"
+        assert "OPUS" in error.reason and "unknown codec" in error.reason
+    engine.wait_for("done", timeout=10)  # nothing left to run
+    assert engine.stop(close_only=True) == 0, engine.log()  # end of stdin stops it too
+    assert not samples_of(engine)
+
+
+def test_endpoints_beyond_the_compiled_limits_are_refused_not_fatal(engines) -> None:
+    spec = tests_pb2.TestSpec(name="limits")
+    phones = spec.groups.add(name="phones", count=9, role=common_pb2.ENDPOINT_ROLE_REGISTRAR_ONLY)
+    phones.target.registrar = "127.0.0.1:9"
+    callees = spec.groups.add(name="callees", count=2, role=common_pb2.ENDPOINT_ROLE_CALLEE)
+    callees.target.aor = f"sip:{{n}}@127.0.0.1:{free_udp_port()}"
+    engine = engines("limits-engine")
+    engine.wait_for("ready", timeout=20)
+    command = start_command(spec, "phones", 9, 0, time.time() + 3600)  # accounts made, nothing sent yet
+    command.start.slices.add(group="callees", first_index=0, count=2)
+    engine.send(command)
+    errors = [engine.wait_for("endpoint_error", timeout=10).endpoint_error for _ in range(3)]
+    assert [(e.group, e.endpoint) for e in errors] == [("phones", 8), ("callees", 0), ("callees", 1)]
+    assert all("engine limit: at most 8 endpoints" in e.reason for e in errors)
+    time.sleep(0.5)
+    assert engine.proc.poll() is None, engine.log()
+    assert engine.stop() == 0, engine.log()
