@@ -21,7 +21,9 @@ def callmeter_command(*args: str) -> list[str]:
 
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLMETER_")}
-    env.update(CALLMETER_LOG_FORMAT="json", CALLMETER_GRPC_PORT="0", CALLMETER_PROMETHEUS_PORT="0")
+    # Every SIP and RTP packet a test makes stays on loopback.
+    env.update(CALLMETER_LOG_FORMAT="json", CALLMETER_GRPC_PORT="0", CALLMETER_PROMETHEUS_PORT="0",
+               SIP_IP="127.0.0.1")
     env.update(extra)
     return env
 

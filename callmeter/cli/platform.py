@@ -172,7 +172,10 @@ class Platform:
     def _start_worker(self, gateway_address: str, ca_file: Path, token: str, common: dict[str, str]) -> None:
         env = {**common, "CALLMETER_GATEWAY_ADDRESS": gateway_address, "CALLMETER_CA_FILE": str(ca_file),
                "CALLMETER_WORKER_TOKEN": token, "CALLMETER_WORKER_NAME": "local",
-               "CALLMETER_HEALTH_PORT": str(self._port("worker"))}
+               "CALLMETER_HEALTH_PORT": str(self._port("worker")),
+               # The local worker's SIP and RTP stay on loopback (pjsua would write the host's
+               # default address into SDP otherwise).
+               "SIP_IP": "127.0.0.1"}
         process, ready_file, log_file = self._spawn("worker", env)
         child = Child("worker", process, "", log_file)
         self.children["worker"] = child

@@ -1,8 +1,9 @@
 """One run on this worker: its engines, their events, and the assignment's status.
 
-Each engine runs a packed share of the endpoints. An engine that dies before saying done fails
-its endpoints with the exit reason; the other engines go on. The status goes to the gateway on
-every change; samples go to the uplink.
+Each engine runs a packed share of the endpoints. An engine that dies before saying done loses
+its endpoints, reported with the exit reason; the other engines go on. An endpoint error from a
+live engine (one failed call of several, a refused REGISTER) is reported but the engine goes
+on with that phone. The status goes to the gateway on every change; samples go to the uplink.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from collections.abc import Callable
 
 import structlog
 
-from callmeter.v1 import engine_pb2, results_pb2, tests_pb2, workers_pb2
+from callmeter.v1 import common_pb2, engine_pb2, results_pb2, tests_pb2, workers_pb2
 from services.worker.engines import EngineProcess
 
 log = structlog.get_logger(__name__)
 
 MAX_ERRORS_SENT = 50
+# Callers start this much later than callees when callees register, so that a caller does not
+# reach the registrar before its callee has registered (Kamailio answers 404 then).
+CALLER_HEADSTART_S = 1.0
 
 
 class RunExecution:
@@ -35,7 +39,8 @@ class RunExecution:
         self.on_sample = on_sample
         self.on_status = on_status
         self.endpoints = sum(piece.count for slices in packed for piece in slices)
-        self.failed: set[tuple[str, int]] = set()
+        self.erred: set[tuple[str, int]] = set()  # reported at least one error
+        self.lost: set[tuple[str, int]] = set()  # their engine could not start or died
         self.errors: list[workers_pb2.EndpointError] = []
         self.engines: list[EngineProcess] = []
         self.cancelled = False
@@ -43,20 +48,21 @@ class RunExecution:
 
     @property
     def running_endpoints(self) -> int:
-        return self.endpoints - len(self.failed) if self.state == workers_pb2.ASSIGNMENT_STATE_RUNNING else 0
+        return self.endpoints - len(self.lost) if self.state == workers_pb2.ASSIGNMENT_STATE_RUNNING else 0
 
     def status(self) -> workers_pb2.AssignmentStatus:
         return workers_pb2.AssignmentStatus(run_id=self.run_id, state=self.state,
                                             endpoints_running=self.running_endpoints,
-                                            endpoints_failed=len(self.failed), errors=self.errors[-MAX_ERRORS_SENT:])
+                                            endpoints_failed=len(self.erred | self.lost),
+                                            errors=self.errors[-MAX_ERRORS_SENT:])
 
     def _report(self, state: int | None = None) -> None:
         if state is not None:
             self.state = state
         self.on_status(self.status())
 
-    def _fail(self, error: workers_pb2.EndpointError) -> None:
-        self.failed.add((error.group, error.endpoint))
+    def _record(self, error: workers_pb2.EndpointError) -> None:
+        self.erred.add((error.group, error.endpoint))
         self.errors.append(error)
 
     async def run(self) -> None:
@@ -67,7 +73,7 @@ class RunExecution:
         await asyncio.gather(*tasks)
         if self.cancelled:
             self._report(workers_pb2.ASSIGNMENT_STATE_CANCELLED)
-        elif len(self.failed) >= self.endpoints:
+        elif len(self.lost) >= self.endpoints:
             self._report(workers_pb2.ASSIGNMENT_STATE_FAILED)
         else:
             self._report(workers_pb2.ASSIGNMENT_STATE_DONE)
@@ -85,7 +91,7 @@ class RunExecution:
             port_min, port_max = self.rtp_ranges[number]
             await engine.send(engine_pb2.EngineCommand(start=engine_pb2.EngineStart(
                 run_id=self.run_id, spec=self.spec, slices=slices, rtp_port_min=port_min, rtp_port_max=port_max,
-                credentials=self.credentials, start_at=self.start_at)))
+                credentials=self.credentials, start_at=self._start_at(slices))))
         except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
             log_.error("engine_start_failed", error=str(exc))
             self._fail_slices(slices, f"engine could not start: {exc}")
@@ -98,7 +104,7 @@ class RunExecution:
             if kind == "sample":
                 self.on_sample(self.run_id, event.sample)
             elif kind == "endpoint_error":
-                self._fail(event.endpoint_error)
+                self._record(event.endpoint_error)
                 self._report()
             elif kind == "done":
                 done = True
@@ -113,5 +119,11 @@ class RunExecution:
     def _fail_slices(self, slices: list[workers_pb2.EndpointSlice], reason: str) -> None:
         for piece in slices:
             for index in range(piece.first_index, piece.first_index + piece.count):
-                if (piece.group, index) not in self.failed:
-                    self._fail(workers_pb2.EndpointError(group=piece.group, endpoint=index, reason=reason))
+                self.lost.add((piece.group, index))
+                self._record(workers_pb2.EndpointError(group=piece.group, endpoint=index, reason=reason))
+
+    def _start_at(self, slices: list[workers_pb2.EndpointSlice]) -> float:
+        roles = {group.name: group.role for group in self.spec.groups}
+        callees_register = any(g.role == common_pb2.ENDPOINT_ROLE_CALLEE and g.target.registrar for g in self.spec.groups)
+        has_callers = any(roles.get(piece.group) == common_pb2.ENDPOINT_ROLE_CALLER for piece in slices)
+        return self.start_at + (CALLER_HEADSTART_S if callees_register and has_callers else 0.0)
