@@ -175,7 +175,10 @@ class Platform:
                "CALLMETER_HEALTH_PORT": str(self._port("worker")),
                # The local worker's SIP and RTP stay on loopback (pjsua would write the host's
                # default address into SDP otherwise).
-               "SIP_IP": "127.0.0.1"}
+               "SIP_IP": "127.0.0.1",
+               # Engines present the development certificate on TLS transports (TLS test groups).
+               "CALLMETER_ENGINE_TLS_CERT_FILE": str(self.data_dir / "tls" / "server.pem"),
+               "CALLMETER_ENGINE_TLS_KEY_FILE": str(self.data_dir / "tls" / "server-key.pem")}
         process, ready_file, log_file = self._spawn("worker", env)
         child = Child("worker", process, "", log_file)
         self.children["worker"] = child
