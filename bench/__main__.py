@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = {
     "startup": "bench.startup",
+    "api": "bench.api",
 }
 
 

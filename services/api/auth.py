@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -25,6 +26,9 @@ from callmeter.common.errors import CallmeterError, ErrorCode
 from callmeter.common.tokens import hash_secret
 from callmeter.state.models import ApiToken, Organization, Project, RoleBinding, User, utcnow
 from callmeter.v1 import tenancy_pb2
+
+# last_used_at is kept to this resolution: exact enough to find unused tokens.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 NO_ROLE = tenancy_pb2.ROLE_UNSPECIFIED
 VIEWER = tenancy_pb2.ROLE_VIEWER
@@ -85,7 +89,8 @@ def authenticate(session: Session, token: str) -> Principal:
     if user is None:
         raise CallmeterError(ErrorCode.UNAUTHENTICATED, "the API token's user no longer exists")
     bindings = tuple(session.scalars(sa.select(RoleBinding).where(RoleBinding.user_id == user.id)))
-    row.last_used_at = now
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+        row.last_used_at = now  # a write on every read would serialize readers on SQLite
     return Principal(user=user, token_id=row.id, bindings=bindings)
 
 
