@@ -15,21 +15,21 @@ Stop order is the reverse, each child drained with SIGTERM.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from callmeter.common.channels import check_health
 from callmeter.common.children import die_with_parent
 from callmeter.common.errors import ConfigError
 from callmeter.common.stores.database import create_database_engine
-from callmeter.common.stores.nats import EmbeddedNats
+from callmeter.common.stores.nats import EmbeddedNats, free_port
 from callmeter.common.tls import ensure_dev_pki
 
 # Fixed ports of a default `up`, so that the CLI profile stays valid across restarts.
@@ -53,7 +53,7 @@ class Child:
     process: subprocess.Popen[bytes]
     address: str
     log_file: Path
-    ready: dict[str, int] = field(default_factory=dict)
+    ready_file: Path
 
 
 def rss_bytes(pid: int) -> int:
@@ -81,7 +81,9 @@ class Platform:
 
     # -- paths and ports --------------------------------------------------------------
     def _port(self, name: str) -> int:
-        return 0 if self.auto_ports else DEFAULT_PORTS[name]
+        """Fixed by default; with auto ports a free one chosen now, so that every address is
+        known before any service starts and they can all start at once."""
+        return free_port() if self.auto_ports else DEFAULT_PORTS[name]
 
     def _prometheus_port(self, name: str) -> int:
         return 0 if self.auto_ports else PROMETHEUS_PORTS[name]
@@ -101,23 +103,33 @@ class Platform:
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         pki = ensure_dev_pki(self.data_dir / "tls")
         worker_token = self._bootstrap_state()
-        self.nats = EmbeddedNats(self.data_dir / "nats", port=self._port("nats") or 0)
+        self.nats = EmbeddedNats(self.data_dir / "nats", port=self._port("nats"))
         self.nats.start()
         try:
+            address = {name: f"127.0.0.1:{self._port(name)}" for name in ("metrics", "orchestrator", "gateway", "api")}
             common = {"CALLMETER_NATS_URL": self.nats.url, "CALLMETER_LOG_LEVEL": self.log_level,
                       "CALLMETER_LOG_FORMAT": "json"}
-            metrics = self._start_service("metrics", {
-                **common, "CALLMETER_CLICKHOUSE_URL": f"chdb://{self.data_dir / 'metrics'}"})
-            orchestrator = self._start_service("orchestrator", {
-                **common, "CALLMETER_DATABASE_URL": self.database_url, "CALLMETER_METRICS_ADDRESS": metrics.address})
-            gateway = self._start_service("gateway", {
-                **common, "CALLMETER_TLS_CERT_FILE": str(pki.server_cert), "CALLMETER_TLS_KEY_FILE": str(pki.server_key),
-                "CALLMETER_ORCHESTRATOR_ADDRESS": orchestrator.address}, ca_file=pki.ca_cert)
-            self._start_service("api", {
-                **common, "CALLMETER_DATABASE_URL": self.database_url,
-                "CALLMETER_ORCHESTRATOR_ADDRESS": orchestrator.address, "CALLMETER_METRICS_ADDRESS": metrics.address})
+            envs = {
+                "metrics": {"CALLMETER_CLICKHOUSE_URL": f"chdb://{self.data_dir / 'metrics'}"},
+                "orchestrator": {"CALLMETER_DATABASE_URL": self.database_url,
+                                 "CALLMETER_METRICS_ADDRESS": address["metrics"]},
+                "gateway": {"CALLMETER_TLS_CERT_FILE": str(pki.server_cert), "CALLMETER_TLS_KEY_FILE": str(pki.server_key),
+                            "CALLMETER_ORCHESTRATOR_ADDRESS": address["orchestrator"]},
+                "api": {"CALLMETER_DATABASE_URL": self.database_url, "CALLMETER_ORCHESTRATOR_ADDRESS": address["orchestrator"],
+                        "CALLMETER_METRICS_ADDRESS": address["metrics"]},
+            }
+            # Every address is known, so the services start together; each is then waited for.
+            for name, env in envs.items():
+                self._spawn(name, {**common, **env, "CALLMETER_GRPC_PORT": address[name].rsplit(":", 1)[1],
+                                   "CALLMETER_PROMETHEUS_PORT": str(self._prometheus_port(name))}, address[name])
+            self._wait(self.children["gateway"], lambda: check_health(address["gateway"], pki.ca_cert))
             if self.with_worker:
-                self._start_worker(gateway.address, pki.ca_cert, worker_token, common)
+                self._spawn_worker(address["gateway"], pki.ca_cert, worker_token, common)
+            for name in ("metrics", "orchestrator", "api"):
+                self._wait(self.children[name], lambda name=name: check_health(address[name]))
+            if self.with_worker:
+                worker = self.children["worker"]
+                self._wait(worker, lambda: worker_ready(worker.address), "not connected to the gateway")
         except BaseException:
             self.stop()
             raise
@@ -143,7 +155,7 @@ class Platform:
         self.new_owner_token = result.owner_token_secret is not None
         return token_file.read_text().strip()
 
-    def _spawn(self, name: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    def _spawn(self, name: str, env: dict[str, str], address: str) -> Child:
         ready_file = self.data_dir / "run" / f"{name}.ready"
         ready_file.unlink(missing_ok=True)
         log_file = self.data_dir / "logs" / f"{name}.log"
@@ -151,54 +163,31 @@ class Platform:
         with log_file.open("ab") as log:
             process = subprocess.Popen([sys.executable, "-m", "callmeter.cli.main", name], env=full_env,
                                        stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=die_with_parent)
-        return process, ready_file, log_file
-
-    def _start_service(self, name: str, env: dict[str, str], ca_file: Path | None = None) -> Child:
-        env = {**env, "CALLMETER_GRPC_PORT": str(self._port(name)),
-               "CALLMETER_PROMETHEUS_PORT": str(self._prometheus_port(name))}
-        process, ready_file, log_file = self._spawn(name, env)
-        child = Child(name, process, "", log_file)
-        self.children[name] = child
-        child.ready = self._wait_ready(child, ready_file)
-        child.address = f"127.0.0.1:{child.ready['grpc_port']}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not check_health(child.address, ca_file):
-            self._check_alive(child)
-            if time.monotonic() > deadline:
-                raise ConfigError(name, f"not healthy within {START_TIMEOUT_S:.0f} s; see {log_file}")
-            time.sleep(0.1)
+        child = self.children[name] = Child(name, process, address, log_file, ready_file)
         return child
 
-    def _start_worker(self, gateway_address: str, ca_file: Path, token: str, common: dict[str, str]) -> None:
-        env = {**common, "CALLMETER_GATEWAY_ADDRESS": gateway_address, "CALLMETER_CA_FILE": str(ca_file),
-               "CALLMETER_WORKER_TOKEN": token, "CALLMETER_WORKER_NAME": "local",
-               "CALLMETER_HEALTH_PORT": str(self._port("worker")),
-               # The local worker's SIP and RTP stay on loopback (pjsua would write the host's
-               # default address into SDP otherwise).
-               "SIP_IP": "127.0.0.1",
-               # Engines present the development certificate on TLS transports (TLS test groups).
-               "CALLMETER_ENGINE_TLS_CERT_FILE": str(self.data_dir / "tls" / "server.pem"),
-               "CALLMETER_ENGINE_TLS_KEY_FILE": str(self.data_dir / "tls" / "server-key.pem")}
-        process, ready_file, log_file = self._spawn("worker", env)
-        child = Child("worker", process, "", log_file)
-        self.children["worker"] = child
-        child.ready = self._wait_ready(child, ready_file)
-        child.address = f"127.0.0.1:{child.ready['health_port']}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not worker_ready(child.address):
-            self._check_alive(child)
-            if time.monotonic() > deadline:
-                raise ConfigError("worker", f"not connected to the gateway within {START_TIMEOUT_S:.0f} s; see {log_file}")
-            time.sleep(0.1)
+    def _spawn_worker(self, gateway_address: str, ca_file: Path, token: str, common: dict[str, str]) -> None:
+        health_port = self._port("worker")
+        self._spawn("worker", {
+            **common, "CALLMETER_GATEWAY_ADDRESS": gateway_address, "CALLMETER_CA_FILE": str(ca_file),
+            "CALLMETER_WORKER_TOKEN": token, "CALLMETER_WORKER_NAME": "local",
+            "CALLMETER_HEALTH_PORT": str(health_port),
+            # The local worker's SIP and RTP stay on loopback (pjsua would write the host's
+            # default address into SDP otherwise).
+            "SIP_IP": "127.0.0.1",
+            # Engines present the development certificate on TLS transports (TLS test groups).
+            "CALLMETER_ENGINE_TLS_CERT_FILE": str(self.data_dir / "tls" / "server.pem"),
+            "CALLMETER_ENGINE_TLS_KEY_FILE": str(self.data_dir / "tls" / "server-key.pem"),
+        }, f"127.0.0.1:{health_port}")
 
-    def _wait_ready(self, child: Child, ready_file: Path) -> dict[str, int]:
+    def _wait(self, child: Child, ready: Callable[[], bool], what: str = "not healthy") -> None:
+        """Until the child has written its ready file and ``ready()`` holds; ConfigError if it dies."""
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not ready_file.exists():
+        while not (child.ready_file.exists() and ready()):
             self._check_alive(child)
             if time.monotonic() > deadline:
-                raise ConfigError(child.name, f"did not start within {START_TIMEOUT_S:.0f} s; see {child.log_file}")
+                raise ConfigError(child.name, f"{what} within {START_TIMEOUT_S:.0f} s; see {child.log_file}")
             time.sleep(0.05)
-        return json.loads(ready_file.read_text())
 
     @staticmethod
     def _check_alive(child: Child) -> None:

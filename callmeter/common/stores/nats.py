@@ -78,7 +78,7 @@ class EmbeddedNats:
 
     def __init__(self, data_dir: Path, port: int = 0, log_file: Path | None = None) -> None:
         self.data_dir = data_dir
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.log_file = log_file or data_dir / "nats-server.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -115,7 +115,7 @@ class EmbeddedNats:
             self.process.wait()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
