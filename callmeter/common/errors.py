@@ -55,6 +55,16 @@ class ConfigError(CallmeterError):
         self.setting = setting
 
 
+async def abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
+    """Ends the RPC with the status a raised exception maps to (re-raising an abort in progress)."""
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    if isinstance(exc, CallmeterError):
+        await context.abort(exc.code.value, exc.detail)
+    log.error("rpc_failed", method=method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
 def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     """Wraps an async unary or server-streaming servicer method: CallmeterError → its status."""
 
@@ -65,13 +75,8 @@ def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 async for item in method(self, request, context):
                     yield item
-            except CallmeterError as exc:
-                await context.abort(exc.code.value, exc.detail)
-            except grpc.aio.AbortError:
-                raise
-            except Exception:
-                log.exception("rpc_failed", method=method.__qualname__)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            except Exception as exc:
+                await abort_for(exc, context, method.__qualname__)
 
         return stream_wrapper
 
@@ -79,12 +84,7 @@ def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except CallmeterError as exc:
-            await context.abort(exc.code.value, exc.detail)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("rpc_failed", method=method.__qualname__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        except Exception as exc:
+            await abort_for(exc, context, method.__qualname__)
 
     return unary_wrapper
