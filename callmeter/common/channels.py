@@ -1,7 +1,15 @@
-"""Client channels to callmeter services, plain or TLS, with the options every client uses."""
+"""Client channels to callmeter services, plain or TLS, with the options every client uses.
+
+HTTP CONNECT proxies: gRPC core reads only the lower-case ``https_proxy``/``no_proxy`` (and
+``grpc_proxy``/``http_proxy``), but operators set ``HTTPS_PROXY``/``NO_PROXY`` for the worker's
+link to the gateway. For a channel made with ``proxy=True`` the proxy is chosen here from either
+spelling, as Python's urllib does (lower case wins), and handed to gRPC as the channel's own
+proxy, or turned off for a target that ``NO_PROXY`` covers. Other channels keep gRPC's default.
+"""
 
 from __future__ import annotations
 
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -17,10 +25,29 @@ CLIENT_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 
+# gRPC core's order of preference among the proxy variables.
+PROXY_SCHEMES = ("grpc", "https", "http")
+
+
+def proxy_for(address: str) -> str | None:
+    """The proxy URL the environment names for ``host:port``, or None (none set, or NO_PROXY)."""
+    proxies = urllib.request.getproxies_environment()
+    proxy = next((proxies[scheme] for scheme in PROXY_SCHEMES if proxies.get(scheme)), None)
+    if proxy is None or urllib.request.proxy_bypass_environment(address, proxies):
+        return None
+    return proxy
+
+
+def proxy_options(address: str) -> list[tuple[str, int | str]]:
+    proxy = proxy_for(address)
+    return [("grpc.http_proxy", proxy)] if proxy else [("grpc.enable_http_proxy", 0)]
+
+
 def aio_channel(address: str, ca_file: Path | None = None, ca_setting: str = "CALLMETER_CA_FILE",
-                server_name: str | None = None) -> grpc.aio.Channel:
-    """An asyncio channel; TLS when ``ca_file`` is given (the CA that signed the server)."""
-    options = list(CLIENT_OPTIONS)
+                server_name: str | None = None, proxy: bool = False) -> grpc.aio.Channel:
+    """An asyncio channel; TLS when ``ca_file`` is given (the CA that signed the server); through
+    the environment's HTTP proxy when ``proxy``."""
+    options = [*CLIENT_OPTIONS, *(proxy_options(address) if proxy else [])]
     if ca_file is None:
         return grpc.aio.insecure_channel(address, options=options)
     if server_name:

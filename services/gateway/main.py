@@ -14,10 +14,10 @@ from callmeter.common.service import Component, ServiceSpec, run_service
 from callmeter.common.stores.metrics_stream import ensure_stream
 from callmeter.common.stores.nats import connect_nats
 from callmeter.common.stores.worker_commands import DELIVERED, SUBJECT_WILDCARD, worker_id_of
-from callmeter.v1 import orchestrator_pb2_grpc, workers_pb2, workers_pb2_grpc
+from callmeter.v1 import orchestrator_pb2_grpc, workers_pb2
 from services.gateway.publisher import BatchPublisher
 from services.gateway.reporter import EventReporter
-from services.gateway.servicer import GatewayServicer
+from services.gateway.servicer import GatewayServicer, add_to_server
 from services.gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -37,7 +37,7 @@ class Gateway:
         )
         self.servicer = GatewayServicer(settings, orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel),
                                         self.reporter, BatchPublisher(nats.jetstream()))
-        workers_pb2_grpc.add_GatewayServiceServicer_to_server(self.servicer, server.server)
+        add_to_server(self.servicer, server.server)
 
     async def start(self) -> None:
         self.reporter.start()

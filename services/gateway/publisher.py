@@ -17,11 +17,12 @@ class BatchPublisher:
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
 
-    async def publish(self, batch: results_pb2.MetricBatch) -> None:
+    async def publish(self, worker_id: str, batch: results_pb2.MetricBatch, payload: bytes) -> None:
+        """Stores ``payload``, the serialized ``batch`` with ``worker_id`` in it."""
         ack = await self.js.publish(
-            batch_subject(batch.run_id, batch.worker_id),
-            batch.SerializeToString(),
-            headers={"Nats-Msg-Id": batch_msg_id(batch.worker_id, batch.run_id, batch.sequence)},
+            batch_subject(batch.run_id, worker_id),
+            payload,
+            headers={"Nats-Msg-Id": batch_msg_id(worker_id, batch.run_id, batch.sequence)},
         )
         if ack.duplicate:
             DUPLICATES.inc()

@@ -3,42 +3,72 @@
 The first message must be a Hello; the orchestrator admits it (token check) and the gateway
 answers with a Welcome. Then heartbeats are acked and reported, metric batches are stored in
 JetStream and acked, statuses are reported. Messages for the worker (assignments, cancels)
-arrive through ``WorkerSessions.send`` and are written on the stream.
+arrive through ``WorkerSession.send`` and are written on the stream.
+
+Whatever ends a stream is its reason: a Disconnect carrying it is the last message the worker
+gets (unless the worker closed the stream itself), and the orchestrator is told it. A message
+that does not parse, a batch above ``max_batch_bytes`` or traffic beyond the rate limits ends
+only that worker's stream.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
+import nats.errors
 import structlog
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from callmeter.common.stores.metrics_stream import is_subject_token
 from callmeter.v1 import orchestrator_pb2, orchestrator_pb2_grpc, workers_pb2, workers_pb2_grpc
+from services.gateway.limits import StreamLimits
 from services.gateway.publisher import BatchPublisher
 from services.gateway.reporter import EventReporter
 from services.gateway.settings import GatewaySettings
+from services.gateway.wire import Received, with_worker_id
 
 log = structlog.get_logger(__name__)
 
+# How long a stream the gateway ends stays open after its Disconnect, unread, so that a worker busy
+# writing reads the reason before its writes fail; a worker that hangs up ends it sooner.
+DISCONNECT_LINGER_S = 2.0
+
 
 class WorkerSession:
-    """One connected worker: its id and the messages waiting to be written to it."""
+    """One connected worker: its id, the messages waiting to be written to it, why it ended."""
 
-    def __init__(self, worker_id: str, context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, worker_id: str, context: grpc.aio.ServicerContext, limits: StreamLimits) -> None:
         self.worker_id = worker_id
         self.context = context
+        self.limits = limits
         self.outbound: asyncio.Queue[workers_pb2.GatewayMessage | None] = asyncio.Queue()
-        self.last_heartbeat = time.monotonic()
+        self.reason: str | None = None
+        self.told_worker = False
 
     def send(self, message: workers_pb2.GatewayMessage) -> None:
-        self.outbound.put_nowait(message)
+        if self.reason is None:
+            self.outbound.put_nowait(message)
 
-    def close(self, reason: str) -> None:
-        self.send(workers_pb2.GatewayMessage(disconnect=workers_pb2.Disconnect(reason=reason)))
+    def close(self, reason: str, tell_worker: bool = True) -> None:
+        """Ends the stream after what is queued; the first reason given is the one kept."""
+        if self.reason is not None:
+            return
+        if tell_worker:
+            self.send(workers_pb2.GatewayMessage(disconnect=workers_pb2.Disconnect(reason=reason)))
+        self.reason, self.told_worker = reason, tell_worker
         self.outbound.put_nowait(None)
+
+
+def add_to_server(servicer: GatewayServicer, server: grpc.aio.Server) -> None:
+    """Registers Connect with a request deserializer that keeps each message's bytes (see wire.py)."""
+    handlers = {"Connect": grpc.stream_stream_rpc_method_handler(
+        servicer.Connect, request_deserializer=Received.parse,
+        response_serializer=workers_pb2.GatewayMessage.SerializeToString)}
+    name = workers_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
 
 
 class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
@@ -60,6 +90,11 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
         for worker_id in list(self.sessions):
             self.close_worker(worker_id, reason)
 
+    def _limits(self) -> StreamLimits:
+        s = self.settings
+        return StreamLimits(s.rate_limit_messages_per_s, s.rate_limit_message_burst,
+                            s.rate_limit_bytes_per_s, s.rate_limit_byte_burst)
+
     async def Connect(self, request_iterator, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
         hello = await self._read_hello(context)
         try:
@@ -73,7 +108,7 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
             log.info("worker_refused", peer=context.peer(), code=exc.code().name, detail=exc.details())
             await context.abort(code, exc.details() or "worker not admitted")
         worker_id = admitted.worker.id
-        session = WorkerSession(worker_id, context)
+        session = WorkerSession(worker_id, context, self._limits())
         previous = self.sessions.get(worker_id)
         if previous is not None:
             previous.close("replaced by a new connection of the same worker")
@@ -83,25 +118,20 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
             worker_id=worker_id, gateway_id=self.settings.gateway_id,
             heartbeat_interval_s=self.settings.heartbeat_interval_s, max_batch_bytes=self.settings.max_batch_bytes)))
         reader = asyncio.create_task(self._read_loop(session), name=f"read-{worker_id}")
-        reason = "stream ended"
         try:
-            while True:
-                getter = asyncio.create_task(session.outbound.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    reason = reader.result()
-                    break
-                message = getter.result()
-                if message is None:
-                    reason = "closed by the gateway"
-                    break
+            # The only writer of the stream; the reader and the gateway end it through session.close.
+            while (message := await session.outbound.get()) is not None:
                 await context.write(message)
+            reader.cancel()
+            if session.told_worker:
+                await asyncio.sleep(DISCONNECT_LINGER_S)
         finally:
             reader.cancel()
-            if self.sessions.get(worker_id) is session:
+            await asyncio.gather(reader, return_exceptions=True)
+            reason = session.reason or "connection lost"
+            if self.sessions.get(worker_id) is session:  # not replaced by a newer stream of the same worker
                 del self.sessions[worker_id]
-            self.reporter.add(orchestrator_pb2.WorkerEvent(worker_id=worker_id, disconnected=reason))
+                self.reporter.add(orchestrator_pb2.WorkerEvent(worker_id=worker_id, disconnected=reason))
             log.info("worker_disconnected", worker_id=worker_id, reason=reason)
 
     async def _read_hello(self, context: grpc.aio.ServicerContext) -> workers_pb2.Hello:
@@ -109,34 +139,53 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
             first = await asyncio.wait_for(context.read(), self.settings.hello_timeout_s)
         except asyncio.TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no hello within the hello timeout")
-        if first is grpc.aio.EOF or first.WhichOneof("message") != "hello":
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message is not a WorkerMessage")
+        if first is grpc.aio.EOF or first.message.WhichOneof("message") != "hello":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a hello")
-        return first.hello
+        return first.message.hello
 
-    async def _read_loop(self, session: WorkerSession) -> str:
-        """Handles the worker's messages; returns why the stream ended."""
+    async def _read_loop(self, session: WorkerSession) -> None:
+        """Reads until the stream ends, then closes the session with the reason."""
+        try:
+            reason = await self._handle_messages(session)
+        except DecodeError:
+            reason = "malformed message: not a WorkerMessage"
+        except nats.errors.Error as exc:  # the batch stays unacked: the worker resends it after reconnecting
+            log.warning("publish_failed", worker_id=session.worker_id, error=str(exc) or type(exc).__name__)
+            reason = "metrics store unavailable"
+        except Exception:  # a bug must end this stream, not leave it open and deaf
+            log.exception("read_loop_failed", worker_id=session.worker_id)
+            reason = "internal error in the gateway"
+        if reason is None:
+            session.close("worker closed the stream", tell_worker=False)
+        else:
+            session.close(reason)
+
+    async def _handle_messages(self, session: WorkerSession) -> str | None:
+        """Handles the worker's messages; returns why the gateway ends the stream (None: the worker did)."""
         context = session.context
         while True:
-            message = await context.read()
-            if message is grpc.aio.EOF:
-                return "worker closed the stream"
+            received = await context.read()
+            if received is grpc.aio.EOF:
+                return None
+            if (exceeded := session.limits.exceeded(len(received.data))) is not None:
+                return f"rate limit: {exceeded}"
+            message = received.message
             kind = message.WhichOneof("message")
             if kind == "heartbeat":
-                session.last_heartbeat = time.monotonic()
-                received = Timestamp()
-                received.GetCurrentTime()
-                session.send(workers_pb2.GatewayMessage(heartbeat_ack=workers_pb2.HeartbeatAck(received_at=received)))
+                now = Timestamp()
+                now.GetCurrentTime()
+                session.send(workers_pb2.GatewayMessage(heartbeat_ack=workers_pb2.HeartbeatAck(received_at=now)))
                 self.reporter.add(orchestrator_pb2.WorkerEvent(worker_id=session.worker_id, heartbeat=message.heartbeat))
             elif kind == "metrics":
-                batch = message.metrics
-                if batch.ByteSize() > self.settings.max_batch_bytes:
-                    session.close(f"metric batch of {batch.ByteSize()} bytes exceeds {self.settings.max_batch_bytes}")
-                    return "oversized metric batch"
-                batch.worker_id = session.worker_id  # never trust the worker's claim of who it is
+                batch, payload = message.metrics, received.batch_bytes()
+                if len(payload) > self.settings.max_batch_bytes:
+                    return f"metric batch of {len(payload)} bytes exceeds {self.settings.max_batch_bytes}"
                 if not is_subject_token(batch.run_id):
-                    session.close(f"metric batch with an invalid run id {batch.run_id[:64]!r}")
-                    return "invalid run id"
-                await self.publisher.publish(batch)
+                    return f"metric batch with an invalid run id {batch.run_id[:64]!r}"
+                # Never trust the worker's claim of who it is: the authenticated id overrides it.
+                await self.publisher.publish(session.worker_id, batch, with_worker_id(payload, session.worker_id))
                 session.send(workers_pb2.GatewayMessage(
                     batch_ack=workers_pb2.BatchAck(run_id=batch.run_id, sequence=batch.sequence)))
             elif kind == "status":
@@ -144,5 +193,4 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
             elif kind == "goodbye":
                 self.reporter.add(orchestrator_pb2.WorkerEvent(worker_id=session.worker_id, goodbye=message.goodbye))
             else:
-                session.close(f"unexpected message {kind!r}")
                 return f"unexpected message {kind!r}"

@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from callmeter.common.settings import CommonSettings
 from callmeter.common.stores.nats import check_nats_url
@@ -32,6 +32,13 @@ class GatewaySettings(CommonSettings):
     hello_timeout_s: float = Field(default=10.0, gt=0, le=300)
     #: Largest metric batch accepted (serialized bytes); larger ones disconnect the worker.
     max_batch_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+    #: Per-stream rate limits (token buckets); a worker beyond one is disconnected with the reason.
+    #: Steady traffic is a few messages a second; the bursts let a reconnected worker resend its
+    #: unacked batches (the worker's default send buffer is 64 MiB).
+    rate_limit_messages_per_s: float = Field(default=100.0, gt=0)
+    rate_limit_message_burst: int = Field(default=10_000, ge=1)
+    rate_limit_bytes_per_s: float = Field(default=8 * 1024 * 1024, gt=0)
+    rate_limit_byte_burst: int = Field(default=128 * 1024 * 1024, ge=1024)
     #: Worker events are forwarded to the orchestrator at most this often.
     report_interval_s: float = Field(default=1.0, gt=0, le=60)
 
@@ -39,3 +46,10 @@ class GatewaySettings(CommonSettings):
     @classmethod
     def _nats(cls, value: str) -> str:
         return check_nats_url(value, "CALLMETER_NATS_URL")
+
+    @model_validator(mode="after")
+    def _burst_holds_a_batch(self) -> GatewaySettings:
+        if self.rate_limit_byte_burst < self.max_batch_bytes:
+            raise ValueError(f"CALLMETER_RATE_LIMIT_BYTE_BURST ({self.rate_limit_byte_burst}) is below "
+                             f"CALLMETER_MAX_BATCH_BYTES ({self.max_batch_bytes}): no full batch could pass")
+        return self

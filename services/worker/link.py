@@ -2,7 +2,8 @@
 
 Backoff: ``reconnect_initial_s`` doubling to ``reconnect_max_s``, each wait jittered by ±20 %,
 forever, and cut short by a stop. A refused token is logged once per attempt as one line and
-retried on the same backoff, never faster.
+retried on the same backoff, never faster. The link goes through the HTTP CONNECT proxy that
+``HTTPS_PROXY`` names (either case) unless ``NO_PROXY`` covers the gateway's host.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ class GatewayLink:
         """One connection; returns whether the gateway welcomed us."""
         settings = self.settings
         welcomed = False
-        channel = aio_channel(settings.gateway_address, settings.ca_file, server_name=settings.gateway_server_name)
+        channel = aio_channel(settings.gateway_address, settings.ca_file, server_name=settings.gateway_server_name,
+                              proxy=True)
         try:
             call = workers_pb2_grpc.GatewayServiceStub(channel).Connect()
             self.call = call
