@@ -96,9 +96,35 @@ def r_factor(
     one_way_delay_ms is the mouth-to-ear delay Ta, taken also as the echo path delay T with the
     round trip Tr = 2 T, as G.107 does for a connection without separate echo paths.
     """
+    return rating(one_way_delay_ms=one_way_delay_ms, loss_pct=loss_pct, burst_r=burst_r, ie=ie, bpl=bpl).r
+
+
+@dataclass(frozen=True)
+class Rating:
+    """R and the impairments it was made of (G.107 clause 7.1)."""
+
+    r: float  # Ro - Is - Id - Ie,eff + A: the conversational rating
+    r_lq: float  # Ro - Is - Ie,eff + A: listening only, without the delay impairment Id
+    id: float  # delay impairment (talker echo, listener echo, absolute delay)
+    ie_eff: float  # effective equipment impairment: the codec plus packet loss
+
+
+def rating(
+    *,
+    one_way_delay_ms: float = 0.0,
+    loss_pct: float = 0.0,
+    burst_r: float = 1.0,
+    ie: float = 0.0,
+    bpl: float = DEFAULT_BPL,
+) -> Rating:
+    """R as r_factor() computes it, with its delay and equipment impairments and the listening
+    rating R_LQ, which leaves the delay impairment out (RFC 3611 4.7.5: MOS-LQ excludes the
+    effects of delay, MOS-CQ includes them)."""
     t = max(one_way_delay_ms, 0.0)
     ro, no = _basic_signal_to_noise()
-    return ro - _simultaneous_impairment(ro, no, t) - _delay_impairment(ro, no, t, t, 2 * t) - _ie_eff(ie, bpl, loss_pct, burst_r) + A
+    listening = ro - _simultaneous_impairment(ro, no, t) - (ie_eff := _ie_eff(ie, bpl, loss_pct, burst_r)) + A
+    delay = _delay_impairment(ro, no, t, t, 2 * t)
+    return Rating(r=listening - delay, r_lq=listening, id=delay, ie_eff=ie_eff)
 
 
 def mos_from_r(r: float) -> float:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import pjsua2 as pj
 
+from services.worker.engine.sipstats import CallEvents, SipStats
+
 if TYPE_CHECKING:
     from services.worker.engine.sampler import CallMeter
 
@@ -66,7 +68,7 @@ class CallRecord:
     meter: CallMeter | None = None
 
 
-class PhoneCall(pj.Call):
+class PhoneCall(CallEvents, pj.Call):  # CallEvents: the SIP-level callbacks the catalog needs (sipstats.py)
     def __init__(self, phone: Phone, record: CallRecord, call_id: int = pj.PJSUA_INVALID_ID) -> None:
         super().__init__(phone, call_id)
         self.phone = phone
@@ -75,6 +77,7 @@ class PhoneCall(pj.Call):
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         info = self.getInfo()
+        self.phone.sip.on_call_state(self.record, prm.e, info)
         record, now = self.record, time.monotonic()
         record.state = info.state
         if info.state == pj.PJSIP_INV_STATE_EARLY and record.early_at is None and 180 <= info.lastStatusCode < 190:
@@ -115,6 +118,7 @@ class Phone(pj.Account):
         self.index = index
         self.counters = PhoneCounters()
         self.state = PhoneState()
+        self.sip = SipStats()  # responses by class, transaction times, DTMF, REGISTER details
         # Live pjsua2 Call objects; a call leaves this set when it is disconnected.
         self.calls: set[PhoneCall] = set()
         # Records of calls not yet fully sampled, oldest first.
@@ -134,10 +138,12 @@ class Phone(pj.Account):
         self.incoming.append(self.new_call(outgoing=False, call_id=prm.callId))
 
     def onRegStarted(self, prm: pj.OnRegStartedParam) -> None:
+        self.sip.on_reg_started(prm.renew, self.state.registered)
         self.counters.register_attempts += 1
         self._register_started = time.monotonic()
 
     def onRegState(self, prm: pj.OnRegStateParam) -> None:
+        self.sip.on_reg_state(prm, self.state.registered)
         state = self.state
         state.register_last_code = prm.code
         state.register_reason = prm.reason
