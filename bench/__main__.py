@@ -8,6 +8,9 @@ import sys
 BENCHMARKS = {
     "startup": "bench.startup",
     "api": "bench.api",
+    "engine": "bench.engine",
+    "gateway": "bench.gateway",
+    "metrics": "bench.metrics_pipeline",
 }
 
 

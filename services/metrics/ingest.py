@@ -1,12 +1,14 @@
 """The durable consumer that moves metric batches from JetStream into the metrics store.
 
 Fetch → decode and check → buffer → one insert per ``max_rows`` rows or ``max_delay_s`` →
-ack. A message is acked only after the insert that holds its rows succeeded, so a crash at any
-point leaves it unacked and JetStream delivers it again; the replayed rows land on the same
-ReplacingMergeTree keys and queries read FINAL, so they count once. Refused messages go to the
-dead-letter subject and never hold the consumer up. While the store is down, the consumer keeps
-its buffer, stops fetching, retries with back-off and tells JetStream it is still working on the
-held messages so they are not handed to another replica.
+ack. The next insert's rows are fetched and decoded while an insert runs (at most one runs: the
+store thread's engine releases the GIL, so Python and ClickHouse work side by side). A message is
+acked only after the insert that holds its rows succeeded, so a crash at any point leaves it
+unacked and JetStream delivers it again; the replayed rows land on the same ReplacingMergeTree
+keys and queries read FINAL, so they count once. Refused messages go to the dead-letter subject
+and never hold the consumer up. While the store is down, the consumer keeps its rows, stops
+fetching once the next insert's rows are gathered too, retries with back-off and tells JetStream
+it is still working on the held messages so they are not handed to another replica.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from dataclasses import dataclass, field
 
 import nats.errors
 import structlog
@@ -22,7 +25,7 @@ from nats.js.client import JetStreamContext
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.metrics.backoff import retry_until_stopped, stopped_within
-from services.metrics.batches import MAX_CLOCK_AHEAD_S, Refusal, RowBuffer, decode_batch
+from services.metrics.batches import MAX_CLOCK_AHEAD_S, ProtobufRows, Refusal, RowBuffer, Rows, decode_rows
 from services.metrics.deadletter import dead_letter
 from services.metrics.settings import MetricsSettings
 from services.metrics.store import MetricsStore, insert_samples
@@ -48,15 +51,28 @@ LAG = Gauge("callmeter_metrics_ingest_lag_seconds", "At the newest insert: age o
 FETCH_WAIT_S = 1.0
 
 
+@dataclass(eq=False)
+class _Insert:
+    """Rows bound for one insert, and the messages acked once it succeeded."""
+
+    buffer: RowBuffer = field(default_factory=RowBuffer)
+    held: list[Msg] = field(default_factory=list)
+    positions: set[int] = field(default_factory=set)
+    first_held_at: float = 0.0
+    #: Set when the insert succeeded: a copy redelivered after that is acked at once.
+    stored: bool = False
+
+
 class SampleIngest:
+    """Fetches and decodes the next insert's rows while the previous insert runs (at most one)."""
+
     def __init__(self, js: JetStreamContext, store: MetricsStore, settings: MetricsSettings) -> None:
         self.js = js
         self.store = store
         self.settings = settings
-        self.buffer = RowBuffer()
-        self.held: list[Msg] = []  # messages whose rows are in the buffer, acked after the insert
-        self._held_positions: set[int] = set()
-        self._first_held_at = 0.0
+        self.pending = _Insert()  # being filled
+        self._inserting: _Insert | None = None
+        self._insert_task: asyncio.Task[bool] | None = None
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -80,15 +96,19 @@ class SampleIngest:
         while not self._stopping.is_set():
             try:
                 messages = await self._fetch()
-                refused = await asyncio.to_thread(self._take, messages) if messages else []
-                for msg, refusal in refused:
-                    await dead_letter(self.js, msg, METRICS_DEADLETTER_SUBJECT, refusal.reason, refusal.detail)
-                if self.buffer.rows >= self.settings.ingest_max_rows or self._delay_left() <= 0:
-                    await self._flush()
+                if messages:
+                    decoded = await asyncio.to_thread(self._decode, messages)
+                    for msg, refusal in await self._hold(decoded):
+                        await dead_letter(self.js, msg, METRICS_DEADLETTER_SUBJECT, refusal.reason, refusal.detail)
+                if self.pending.held and (self.pending.buffer.rows >= self.settings.ingest_max_rows or self._delay_left() <= 0):
+                    await self._start_insert()
             except Exception:  # the loop must outlive NATS hiccups; held messages stay held
                 log.exception("ingest_loop_error")
                 await stopped_within(self._stopping, 1.0)
-        await self._flush()
+        await self._finish_insert()
+        if self.pending.held:
+            batch, self.pending = self.pending, _Insert()
+            await self._insert(batch)
 
     async def _fetch(self) -> list[Msg]:
         wait_s = min(FETCH_WAIT_S, max(0.05, self._delay_left()))
@@ -97,64 +117,98 @@ class SampleIngest:
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
             PENDING.set(0)
             return []
-        PENDING.set(messages[-1].metadata.num_pending)
+        if messages:  # nats-py can also answer a fetch with no messages and no error
+            PENDING.set(messages[-1].metadata.num_pending)
         return messages
 
     def _delay_left(self) -> float:
-        if not self.held:
+        if not self.pending.held:
             return FETCH_WAIT_S
-        return self._first_held_at + self.settings.ingest_max_delay_s - time.monotonic()
+        return self.pending.first_held_at + self.settings.ingest_max_delay_s - time.monotonic()
 
-    def _take(self, messages: list[Msg]) -> list[tuple[Msg, Refusal]]:
-        """Buffers the good batches; returns the refused ones. Runs on a worker thread."""
+    def _decode(self, messages: list[Msg]) -> list[tuple[Msg, Rows | Refusal]]:
+        """Decodes and checks every message; runs on a worker thread and touches nothing shared."""
         now = int(time.time())
         oldest = now - self.settings.raw_ttl_days * 86400
+        return [(msg, decode_rows(msg.subject, msg.data, self.settings.ingest_max_message_bytes, oldest,
+                                  now + MAX_CLOCK_AHEAD_S)) for msg in messages]
+
+    async def _hold(self, decoded: list[tuple[Msg, Rows | Refusal]]) -> list[tuple[Msg, Refusal]]:
+        """Buffers the good batches; returns the refused ones."""
         refused = []
-        for msg in messages:
+        for msg, result in decoded:
             position = msg.metadata.sequence.stream
-            if position in self._held_positions:  # redelivered while we still hold it: ack both copies
-                self.held.append(msg)
+            inserting = self._inserting
+            if inserting is not None and position in inserting.positions:  # redelivered while its insert runs
+                if inserting.stored:
+                    await self._ack([msg])
+                else:
+                    inserting.held.append(msg)
                 continue
-            result = decode_batch(msg.subject, msg.data, self.settings.ingest_max_message_bytes, oldest, now + MAX_CLOCK_AHEAD_S)
+            if position in self.pending.positions:  # redelivered while we still hold it: ack both copies
+                self.pending.held.append(msg)
+                continue
             if isinstance(result, Refusal):
                 refused.append((msg, result))
                 continue
-            if not self.held:
-                self._first_held_at = time.monotonic()
-            self.buffer.add(result)
-            self.held.append(msg)
-            self._held_positions.add(position)
+            if not self.pending.held:
+                self.pending.first_held_at = time.monotonic()
+            self.pending.buffer.add(result)
+            self.pending.held.append(msg)
+            self.pending.positions.add(position)
         return refused
 
-    async def _flush(self) -> None:
-        if not self.held:
+    async def _start_insert(self) -> None:
+        """Waits for the insert in flight, then starts one of the pending rows."""
+        await self._finish_insert()
+        batch, self.pending = self.pending, _Insert()
+        self._inserting = batch
+        self._insert_task = asyncio.create_task(self._insert(batch), name="metrics-insert")
+
+    async def _finish_insert(self) -> None:
+        task, self._insert_task = self._insert_task, None
+        if task is None:
             return
-        token = _insert_token(self._held_positions)
-        rows = self.buffer.rows
+        try:
+            await task
+        except Exception:  # its messages were not acked: JetStream delivers them again
+            log.exception("metrics_insert_error")
+
+    async def _insert(self, batch: _Insert) -> bool:
+        """Inserts the batch's rows (retrying while the store is down), then acks its messages."""
+        token = _insert_token(batch.positions)
+        rows = batch.buffer.rows
+        buffer = batch.buffer
+        build = buffer.protobuf_rows if self.store.protobuf_rows else lambda: buffer.columns
+        data = await asyncio.to_thread(build) if rows else None
 
         async def insert() -> None:
             if rows:
                 started = time.monotonic()
-                await self.store.call(insert_samples, self.buffer.columns, token)
+                await self.store.call(insert_samples, data, token)
                 INSERT_SECONDS.observe(time.monotonic() - started)
 
         async def on_failure(error: Exception, retry_in_s: float) -> None:
+            nonlocal data
             INSERT_FAILURES.inc()
             log.warning("metrics_insert_failed", error=str(error).splitlines()[0] if str(error) else type(error).__name__,
-                        rows=rows, messages=len(self.held), retry_in_s=retry_in_s)
-            await self._still_working()
+                        rows=rows, messages=len(batch.held), retry_in_s=retry_in_s)
+            if isinstance(data, ProtobufRows):
+                # Should a sample the store cannot parse be the cause, columns read from the same
+                # samples by upb (which skips what it does not know) still go in: never stuck.
+                data = await asyncio.to_thread(lambda: buffer.columns)
+            # Also the rows gathered meanwhile: they wait for this insert.
+            await self._still_working([*batch.held, *self.pending.held])
 
         if not await retry_until_stopped(insert, self._stopping, self.settings.store_retry_max_s, on_failure):
-            log.warning("stopping_with_unstored_rows", rows=rows, messages=len(self.held))
-            return
-        LAG.set(max(0.0, time.time() - min(m.metadata.timestamp.timestamp() for m in self.held)))
+            log.warning("stopping_with_unstored_rows", rows=rows, messages=len(batch.held))
+            return False
+        batch.stored = True
+        LAG.set(max(0.0, time.time() - min(m.metadata.timestamp.timestamp() for m in batch.held)))
         ROWS.inc(rows)
-        BATCHES.inc(len(self._held_positions))
-        stored = list(self.held)
-        self.buffer.clear()
-        self.held.clear()
-        self._held_positions.clear()
-        await self._ack(stored)
+        BATCHES.inc(len(batch.positions))
+        await self._ack(list(batch.held))
+        return True
 
     async def _ack(self, messages: list[Msg]) -> None:
         """Acks stored messages; one whose ack is lost is redelivered and lands on its own rows again."""
@@ -164,10 +218,10 @@ class SampleIngest:
         except Exception as exc:
             log.warning("ack_failed", error=str(exc) or type(exc).__name__, messages=len(messages))
 
-    async def _still_working(self) -> None:
-        """Resets the ack timer of the held messages, so JetStream does not redeliver them meanwhile."""
+    async def _still_working(self, messages: list[Msg]) -> None:
+        """Resets the ack timer of held messages, so JetStream does not redeliver them meanwhile."""
         try:
-            for msg in self.held:
+            for msg in messages:
                 await msg.in_progress()
         except Exception as exc:  # NATS down too: they will simply be redelivered
             log.warning("in_progress_failed", error=str(exc) or type(exc).__name__)

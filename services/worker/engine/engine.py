@@ -30,7 +30,7 @@ from services.worker.engine.media import MediaSource
 from services.worker.engine.phone import Phone, PhoneCall
 from services.worker.engine.plan import Limits, Media, PhonePlan, codec_names, plan_start, uri_host_port
 from services.worker.engine.sampler import Sampler
-from services.worker.engine.scenario import Driver, Stage
+from services.worker.engine.scenario import Driver, MediaBudget, Stage
 from services.worker.engine.settings import EngineSettings, Log, SettingError
 
 log = Log()
@@ -189,13 +189,15 @@ class Engine:
         begin_wall = start.start_at or time.time()
         begin = time.monotonic() + (begin_wall - time.time())
         sink = self.ep.audDevManager().getPlaybackDevMedia()
+        media_budget = MediaBudget()
         rtp_slices = _rtp_slices(start.rtp_port_min, start.rtp_port_max, len(plan.phones))
         for phone_plan, rtp_ports in zip(plan.phones, rtp_slices):
             phone = self._phone(phone_plan, rtp_ports)
             if phone is None:
                 continue
             self.phones.append(phone)
-            self.drivers.append(Driver(phone_plan, phone, self.sources[phone_plan.media], sink, begin, self._report))
+            self.drivers.append(Driver(phone_plan, phone, self.sources[phone_plan.media], sink, begin, self._report,
+                                      rtp_ports=_port_span(*rtp_ports), media_budget=media_budget))
             if phone_plan.role == common_pb2.ENDPOINT_ROLE_CALLEE and not phone_plan.registrar:
                 user = phone_plan.aor.split(":", 1)[1].split("@", 1)[0]
                 self.ep.routes[(user, phone_plan.local_port)] = phone.getId()
@@ -341,15 +343,22 @@ def _rtp_slices(first: int, last: int, phones: int) -> list[tuple[int, int]]:
 
     pjsua searches each account's ports from its own first port on, RTP on an even port
     p <= port + portRange and RTCP on p + 1; a slice each spares the phones bind attempts on
-    one another's ports. (0, 0) leaves pjsua's defaults.
+    one another's ports. (0, 0) leaves pjsua's defaults. A portRange of 0 would mean "no upper
+    bound" to pjsua, so a range with room for one RTP/RTCP pair gets 1: pjsua wraps from p + 2
+    back to p, and a call that finds that pair taken fails instead of leaving the range.
     """
     if not first or phones == 0:
         return [(0, 0)] * phones
     first += first % 2
     span = (last - first + 1) // phones // 2 * 2
     if span < 4:  # too few ports for a slice each: all phones search the whole range
-        return [(first, max(last - first - 1, 2))] * phones
+        return [(first, max(last - first - 1, 1))] * phones
     return [(first + k * span, span - 2) for k in range(phones)]
+
+
+def _port_span(port: int, port_range: int) -> tuple[int, int]:
+    """The first and last port (RTCP included) pjsua may bind for (port, portRange)."""
+    return (port, port + port_range // 2 * 2 + 1) if port else (0, 0)
 
 
 def main() -> int:

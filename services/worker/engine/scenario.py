@@ -8,6 +8,7 @@ time.monotonic() seconds.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Callable
 
 import pjsua2 as pj
@@ -25,6 +26,47 @@ TEMPORARILY_UNAVAILABLE = 480
 
 ReportError = Callable[[Phone, int, str], None]
 
+# pjmedia's ioqueue (select backend: PJ_IOQUEUE_MAX_HANDLES 64 in this wheel) holds a call's RTP and
+# RTCP sockets while the call lasts and for PJ_IOQUEUE_KEY_FREE_DELAY (500 ms) after it; registering
+# a socket when no key is free aborts the process (`pj_ioqueue_register_sock2: Assertion
+# !pj_list_empty(&ioqueue->free_list)`, seen with back-to-back calls of 0 s: ~60 calls/s in one
+# engine). So an engine starts a call only while fewer than MEDIA_CALLS_MAX calls are live or ended
+# within MEDIA_KEY_HOLD_S: 24 × 2 sockets leaves 16 of the 64 keys spare.
+MEDIA_CALLS_MAX = 24
+MEDIA_KEY_HOLD_S = 0.6
+# pjsua reports a hung-up call DISCONNECTED at once (immediate hangup, pjproject #2600) but frees its
+# call slot only when the BYE transaction ends; a call placed meanwhile may find all PJSUA_MAX_CALLS
+# slots taken (PJ_ETOOMANY, seen with back-to-back calls of 0 s). Such a call is retried every
+# SLOT_RETRY_S for up to SLOT_WAIT_S (SIP's Timer F bounds a BYE transaction) before it fails.
+SLOT_RETRY_S = 0.02
+SLOT_WAIT_S = 32.0
+
+
+class MediaBudget:
+    """Calls whose media sockets pjmedia's ioqueue may still hold, engine-wide.
+
+    Outgoing calls wait for room; incoming ones cannot (pjsua creates their media before the
+    engine hears of them) but are counted, so an engine that also receives calls slows its callers.
+    """
+
+    def __init__(self, max_calls: int = MEDIA_CALLS_MAX, hold_s: float = MEDIA_KEY_HOLD_S) -> None:
+        self.max_calls = max_calls
+        self.hold_s = hold_s
+        self.open: list[CallRecord] = []
+        self.released: deque[float] = deque()  # monotonic times calls ended, oldest first
+
+    def track(self, record: CallRecord) -> None:
+        self.open.append(record)
+
+    def room(self, now: float) -> bool:
+        if any(record.ended_at is not None for record in self.open):
+            ended = sorted(record.ended_at for record in self.open if record.ended_at is not None)
+            self.released.extend(ended)
+            self.open = [record for record in self.open if record.ended_at is None]
+        while self.released and now - self.released[0] >= self.hold_s:
+            self.released.popleft()
+        return len(self.open) + len(self.released) < self.max_calls
+
 
 class Stage(enum.Enum):
     WAITING = "waiting"  # for the run's start
@@ -36,8 +78,11 @@ class Stage(enum.Enum):
 
 class Driver:
     def __init__(self, plan: PhonePlan, phone: Phone, source: MediaSource, sink: pj.AudioMedia,
-                 begin_at: float, report_error: ReportError) -> None:
+                 begin_at: float, report_error: ReportError, rtp_ports: tuple[int, int] = (0, 0),
+                 media_budget: MediaBudget | None = None) -> None:
         self.plan = plan
+        self.media_budget = media_budget or MediaBudget()  # shared by the engine's drivers
+        self.rtp_ports = rtp_ports  # (first, last) RTP/RTCP ports of this phone; (0, 0): pjsua's choice
         self.phone = phone
         self.source = source
         self.sink = sink
@@ -51,7 +96,10 @@ class Driver:
         self.calls_due_at = begin_at + plan.calls_due_s if plan.calls_due_s is not None else None
         self._unregister_deadline = 0.0
         self._acted: set[str] = set()  # one-shot actions taken on the current call
+        # The last response to the current call's INVITE when the ring timeout cancelled it (0: none).
+        self._code_at_cancel = 0
         self._answer_at: float | None = None
+        self._slot_wait_since: float | None = None  # first PJ_ETOOMANY of the call being placed
 
     @property
     def finished(self) -> bool:
@@ -133,20 +181,46 @@ class Driver:
             self.stop(now)
 
     def _place_call(self, now: float) -> None:
+        if not self.media_budget.room(now):
+            return  # a later tick places it (see MediaBudget)
         record = self.phone.new_call(outgoing=True)
+        self.media_budget.track(record)
         self.call, self._acted = record, set()
         error = _try(lambda: record.call.makeCall(self.plan.call_uri, pj.CallOpParam(True)))
+        if error and "PJ_ETOOMANY" in error:
+            self._slot_wait_since = self._slot_wait_since or now
+            if now - self._slot_wait_since < SLOT_WAIT_S:
+                self._unplace(record)
+                self.next_call_at = now + SLOT_RETRY_S
+                return
+        self._slot_wait_since = None
         if error:
-            # No INVITE left: the call failed locally (e.g. no free call slot, bad URI).
+            # No INVITE left: the call failed locally (e.g. no free call slot or RTP port, bad URI).
+            # It is over here and now, reported once: _follow_call will not see it.
             self.phone.calls.discard(record.call)
             record.call, record.ended_at = None, now
             self.phone.counters.calls_failed += 1
             self.phone.state.call_last_code = 0
+            if "already in use" in error and self.rtp_ports[0]:
+                error += f" (no free RTP/RTCP port pair in {self.rtp_ports[0]}-{self.rtp_ports[1]})"
             self.report_error(self.phone, 0, f"call to {self.plan.call_uri} not placed: {error}")
+            self.call = None
+            self.calls_done += 1
+            self.next_call_at = now + self.plan.pause_s
+
+    def _unplace(self, record: CallRecord) -> None:
+        """Forgets a call that pjsua refused before sending anything, to place it again later."""
+        self.phone.calls.discard(record.call)
+        record.call = None
+        self.phone.records.remove(record)
+        self.phone.counters.calls_attempted -= 1
+        self.media_budget.open.remove(record)
+        self.call = None
 
     def _take_incoming(self, now: float) -> None:
         while self.phone.incoming:
             record = self.phone.incoming.pop(0)
+            self.media_budget.track(record)
             if record.call is None:  # cancelled before we looked
                 self.calls_done += 1
                 continue
@@ -164,15 +238,16 @@ class Driver:
     def _refuse_incoming(self) -> None:
         """Answers 480 to calls this phone does not take: it is no callee, or it has finished."""
         while self.phone.incoming:
-            self._answer(self.phone.incoming.pop(0), TEMPORARILY_UNAVAILABLE)
+            record = self.phone.incoming.pop(0)
+            self.media_budget.track(record)
+            self._answer(record, TEMPORARILY_UNAVAILABLE)
 
     def _follow_call(self, now: float) -> None:
         record, plan = self.call, self.plan
         assert record is not None
         if record.ended_at is not None:
             if record.confirmed_at is None and record.outgoing:
-                self.report_error(self.phone, record.last_code,
-                                  f"call to {plan.call_uri} failed: {record.last_code} {record.reason}")
+                self.report_error(self.phone, record.last_code, self._failure(record))
             self.call = None
             self.calls_done += 1
             self.next_call_at = now + plan.pause_s
@@ -191,6 +266,7 @@ class Driver:
                 self._answer_at = None
                 self._answer(record, 200)
             elif record.outgoing and now - record.started >= plan.ring_timeout_s and self._once("cancel"):
+                self._code_at_cancel = _last_status(call)
                 _try(lambda: call.hangup(pj.CallOpParam()))
             return
         talk = now - record.confirmed_at
@@ -209,6 +285,18 @@ class Driver:
             self._act(lambda: call.sendDtmf(param), "DTMF")
         if record.outgoing and talk >= plan.call_duration_s and self._once("hangup"):
             _try(lambda: call.hangup(pj.CallOpParam()))
+
+    def _failure(self, record: CallRecord) -> str:
+        """Why an outgoing call did not connect: its final response, or the ring timeout that ended it."""
+        uri, final = self.plan.call_uri, f"{record.last_code} {record.reason}".strip()
+        if "cancel" not in self._acted:
+            return f"call to {uri} failed: {final}"
+        timeout = f"{self.plan.ring_timeout_s:g} s"
+        if self._code_at_cancel >= 100:
+            return (f"call to {uri} not answered within the ring timeout ({timeout}; last response "
+                    f"{self._code_at_cancel}), cancelled: {final}")
+        return (f"call to {uri}: no response at all within the ring timeout ({timeout}): target unreachable "
+                f"or not listening; given up: {final}")
 
     def _answer(self, record: CallRecord, code: int) -> None:
         param = pj.CallOpParam()
@@ -235,6 +323,13 @@ class Driver:
         error = _try(action)
         if error:
             self.report_error(self.phone, 0, f"{what} failed: {error}")
+
+
+def _last_status(call: pj.Call) -> int:
+    try:
+        return call.getInfo().lastStatusCode
+    except pj.Error:
+        return 0
 
 
 def _try(action: Callable[[], object]) -> str | None:
