@@ -14,6 +14,7 @@ import structlog
 
 from callmeter.common.errors import ConfigError
 from callmeter.common.service import install_signal_handlers, run_process, write_ready_file
+from callmeter.v1 import workers_pb2
 from services.worker.engines import probe_engine
 from services.worker.health import WorkerStatus, start_health_server
 from services.worker.link import GatewayLink
@@ -34,6 +35,8 @@ async def _flush_periodically(supervisor: Supervisor, status: WorkerStatus, inte
         with status.lock:
             status.running_endpoints = supervisor.running_endpoints
             status.dropped_samples = supervisor.uplink.dropped_samples
+            if status.connected:  # the heartbeat tells the platform whether we run anything
+                status.state = workers_pb2.WORKER_STATE_BUSY if supervisor.executions else workers_pb2.WORKER_STATE_ONLINE
 
 
 async def _run(settings: WorkerSettings) -> None:

@@ -7,15 +7,19 @@ import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.orm import Session
 
 from callmeter.common.stores.database import create_database_engine
 from callmeter.common.stores.nats import EmbeddedNats
-from callmeter.common.tls import DevPki, ensure_dev_pki
+from callmeter.common.tls import DevPki, ensure_dev_pki, issue_certificate
 from callmeter.state.bootstrap import bootstrap_local
 from callmeter.state.models import Worker, WorkerToken, utcnow
 from tests.procs import ServiceProcess, eventually, http_get, start_service
@@ -135,3 +139,32 @@ def test_silent_worker_goes_to_error_and_recovers(plane: ControlPlane) -> None:
         eventually(lambda: plane.worker_row().state == "WORKER_STATE_ONLINE", timeout_s=15, message="recovered")
     finally:
         assert worker.terminate() == 0
+
+
+def test_expired_gateway_certificate_is_refused(tmp_path: Path, nats_server: EmbeddedNats, pki: DevPki) -> None:
+    """A gateway whose certificate has expired is not trusted, even when signed by the pinned CA."""
+    ca_key = serialization.load_pem_private_key((pki.ca_cert.parent / "ca-key.pem").read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    past = datetime.now(timezone.utc) - timedelta(days=30)
+    expired = issue_certificate(ca_cert, ca_key, key, "callmeter-gateway", ("localhost", "127.0.0.1"),
+                                not_before=past - timedelta(days=1), not_after=past)
+    cert_file, key_file = tmp_path / "expired.pem", tmp_path / "expired-key.pem"
+    cert_file.write_bytes(expired.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    gateway = start_service("gateway", tmp_path, {
+        "CALLMETER_NATS_URL": nats_server.url, "CALLMETER_TLS_CERT_FILE": str(cert_file),
+        "CALLMETER_TLS_KEY_FILE": str(key_file), "CALLMETER_ORCHESTRATOR_ADDRESS": "127.0.0.1:1"})
+    worker = start_service("worker", tmp_path, {
+        "CALLMETER_GATEWAY_ADDRESS": gateway.address, "CALLMETER_CA_FILE": str(pki.ca_cert),
+        "CALLMETER_WORKER_TOKEN": "cmw_x", "CALLMETER_HEALTH_PORT": "0", "CALLMETER_RECONNECT_INITIAL_S": "0.2"})
+    try:
+        eventually(lambda: readiness(worker)[1]["last_error"], message="link error reported")
+        assert readiness(worker)[0] == 503
+        # With a valid certificate the hello would reach the gateway and be refused there (its
+        # orchestrator is unreachable); with the expired one the TLS handshake never completes.
+        assert "worker_refused" not in gateway.log()
+    finally:
+        assert worker.terminate() == 0
+        assert gateway.terminate() == 0
