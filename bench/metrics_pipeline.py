@@ -9,7 +9,8 @@ endpoints) with ``Nats-Msg-Id`` headers, using ``publish_async``.
 - lag under a steady load: batches published at a fixed rate for a while; a batch's lag is the
   time from its publish to the first count query that sees its rows (ingest inserts in stream
   order, so the count tells how many batches are queryable), polled every STEADY_POLL_S;
-- disk: bytes per endpoint-second after ``OPTIMIZE … FINAL`` (system.parts).
+- disk: bytes per endpoint-second after ``OPTIMIZE … FINAL`` (system.parts);
+- the query service's reads of the burst's run, on the merged store.
 
 Peers measured in the same run: a direct insert of the same rows into the same store, already
 encoded as the ingest encodes them (the store's ceiling); the ingest's own decode, checks and
@@ -505,6 +506,11 @@ def final_rows(client) -> int:  # type: ignore[no-untyped-def]
     return int(client.command("SELECT count() FROM endpoint_seconds FINAL"))
 
 
+def final_run_rows(client, run_id: str) -> int:  # type: ignore[no-untyped-def]
+    return int(client.query("SELECT count() FROM endpoint_seconds FINAL WHERE run_id = {r:String}",
+                            parameters={"r": run_id}).result_rows[0][0])
+
+
 def disk_usage(client) -> dict[str, int]:  # type: ignore[no-untyped-def]
     client.command("OPTIMIZE TABLE endpoint_seconds FINAL")
     row = client.query("SELECT sum(rows), sum(bytes_on_disk), sum(data_compressed_bytes), sum(data_uncompressed_bytes), "
@@ -711,6 +717,30 @@ async def disk(bench: Bench) -> None:
     print(f"    every key once: FINAL {distinct:,} = rows {rows:,}: {distinct == rows}", flush=True)
 
 
+async def query_times(bench: Bench) -> None:
+    """The query service's reads of the burst's run (5,000 endpoints × SECONDS), best of 3, merged store."""
+    from callmeter.catalog import BY_NAME
+    from services.metrics import queries
+
+    run = "bench-e2e"
+    reads: list[tuple[str, Any, tuple[Any, ...]]] = [
+        ("GetRunSummary (3 queries, exact p95s)", queries.run_summary, (run, [])),
+        ("GetSeries, whole run, avg mos, step 10 s", queries.series, (run, BY_NAME["mos"], "avg", 10, "", -1)),
+        ("GetSeries, one group, p95 jitter, step 1 s", queries.series, (run, BY_NAME["rx_jitter_us"], "p95", 1, "callers", -1)),
+        ("GetSeries, one endpoint", queries.series, (run, BY_NAME["mos"], "avg", 1, "callers", 7)),
+        ("GetTopEndpoints, lowest mos", queries.top_endpoints, (run, BY_NAME["mos"], True, 10)),
+        ("peer: count() FINAL of the run", final_run_rows, (run,)),
+    ]
+    print(f"queries  over the burst's {bench.rows:,} endpoint-seconds (best of 3, after OPTIMIZE):", flush=True)
+    for label, fn, args in reads:
+        best = float("inf")
+        for _ in range(3):
+            began = time.perf_counter()
+            await bench.store.call(fn, *args)
+            best = min(best, time.perf_counter() - began)
+        print(f"    {label:<44} {best * 1000:>6.0f} ms", flush=True)
+
+
 async def measure(tmp: Path) -> None:
     from callmeter.common.stores.nats import EmbeddedNats
     from services.metrics.main import MetricsIngest
@@ -749,6 +779,7 @@ async def measure(tmp: Path) -> None:
         e2e = await end_to_end(bench, ceiling)
         lag_ok = [await steady(bench, steady_rate) for steady_rate in STEADY_RATES]
         await disk(bench)
+        await query_times(bench)
         print(f"goal ≥ {GOAL_RATE:,} endpoint-seconds/s per ingest process: {'met' if e2e >= GOAL_RATE else 'MISSED'} "
               f"({e2e:,.0f}); p99 lag < {GOAL_P99_LAG_S:.0f} s at {', '.join(f'{r:,}/s' for r in STEADY_RATES)}: "
               f"{'met' if all(lag_ok) else 'MISSED'}", flush=True)

@@ -59,10 +59,12 @@ class MediaBudget:
         self.open.append(record)
 
     def room(self, now: float) -> bool:
-        if any(record.ended_at is not None for record in self.open):
-            ended = sorted(record.ended_at for record in self.open if record.ended_at is not None)
-            self.released.extend(ended)
-            self.open = [record for record in self.open if record.ended_at is None]
+        # A record whose call object is gone (cancelled before it was looked at, refused before
+        # sending anything) holds no media any more, even if no end time was recorded for it.
+        gone = [record for record in self.open if record.ended_at is not None or record.call is None]
+        if gone:
+            self.released.extend(sorted(record.ended_at if record.ended_at is not None else now for record in gone))
+            self.open = [record for record in self.open if record not in gone]
         while self.released and now - self.released[0] >= self.hold_s:
             self.released.popleft()
         return len(self.open) + len(self.released) < self.max_calls
