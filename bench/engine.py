@@ -107,10 +107,11 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return kb.get("Rss", 0) / 1024, kb.get("Pss", 0) / 1024
 
 
-def udp_datagrams() -> tuple[int, int]:
-    """UDP datagrams the kernel delivered to a socket, and those to a port without one (machine-wide)."""
+def udp_datagrams() -> tuple[int, int, int]:
+    """UDP datagrams the kernel delivered to a socket, those to a port without one, and those
+    dropped because a socket's receive buffer was full (machine-wide counters)."""
     lines = [line.split() for line in open("/proc/net/snmp") if line.startswith("Udp:")]
-    return int(lines[1][lines[0].index("InDatagrams")]), int(lines[1][lines[0].index("NoPorts")])
+    return tuple(int(lines[1][lines[0].index(name)]) for name in ("InDatagrams", "NoPorts", "RcvbufErrors"))
 
 
 class Window:
@@ -136,9 +137,10 @@ class Window:
         busy1, total1 = machine_jiffies()
         # Busy share of the whole machine, in % of one core (0 … 100 × cores).
         self.machine_pct = 100 * CORES * (busy1 - busy0) / max(total1 - total0, 1)
-        (delivered, unbound), (delivered0, unbound0) = udp_datagrams(), self.udp0
+        (delivered, unbound, dropped), (delivered0, unbound0, dropped0) = udp_datagrams(), self.udp0
         self.udp_per_s = (delivered - delivered0) / self.seconds
         self.udp_unbound_per_s = (unbound - unbound0) / self.seconds
+        self.udp_dropped = dropped - dropped0
         return self
 
     @property
@@ -920,6 +922,7 @@ class Rate:
     latency_ms: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # endpoint errors, or why the tool did not finish
     retransmitted: int | None = None  # REGISTERs the registrar received beyond two per registration
+    udp_dropped: int = 0  # datagrams the kernel dropped on full socket buffers in the window (machine-wide)
     own_pct: float | None = 0.0  # CPU of the measured tool's processes, in % of a core
     peer_pct: float = 0.0  # CPU of the registrar or UAS in the same window
     others_pct: float = 0.0
@@ -976,7 +979,8 @@ def engine_registrations(ports: Ports, registrar: Kamailio) -> Rate:
     # No CPU figure for the engines: the window holds seconds of 8-phone engines idling for one burst.
     return Rate(done=done, attempted=count, seconds=seconds, latency_ms=latencies, own_pct=None, errors=errors,
                 retransmitted=extra,
-                peer_pct=sum(window.pct[p] for p in peer), others_pct=window.others_pct)
+                peer_pct=sum(window.pct[p] for p in peer), others_pct=window.others_pct,
+                udp_dropped=window.udp_dropped)
 
 
 def sipp_registrations(tmp: Path, ports: Ports, registrar: Kamailio, total: int) -> Rate:
@@ -998,6 +1002,7 @@ def sipp_registrations(tmp: Path, ports: Ports, registrar: Kamailio, total: int)
     failed = sipp.stat("FailedCall(C)")
     return Rate(done=done, attempted=total, seconds=seconds, own_pct=100 * (sipp.cpu_s or 0) / max(seconds, 0.01),
                 peer_pct=window.total_pct, others_pct=window.others_pct, retransmitted=extra,
+                udp_dropped=window.udp_dropped,
                 errors=[f"{failed} REGISTER scenarios failed (retransmission timeouts)"] if failed else [])
 
 
@@ -1032,7 +1037,7 @@ def engine_setups(ports: Ports, uas: Sipp) -> Rate:
     return Rate(done=sum(r.connected for r in rows), attempted=count * SETUP_REPETITIONS, seconds=seconds,
                 latency_ms=[r.setup_ms for r in rows if r.setup_ms], errors=errors,
                 own_pct=sum(window.pct[e.pid] for e in engines), peer_pct=window.pct[uas.proc.pid],
-                others_pct=window.others_pct)
+                others_pct=window.others_pct, udp_dropped=window.udp_dropped)
 
 
 def sipp_setups(tmp: Path, ports: Ports, uas: Sipp) -> Rate:
@@ -1050,7 +1055,7 @@ def sipp_setups(tmp: Path, ports: Ports, uas: Sipp) -> Rate:
               "stopped"] if failed or unfinished else []
     return Rate(done=uac.stat("SuccessfulCall(C)"), attempted=SIPP_CALLS, seconds=seconds,
                 own_pct=100 * (uac.cpu_s or 0) / window.seconds, peer_pct=window.total_pct,
-                others_pct=window.others_pct, errors=errors)
+                others_pct=window.others_pct, errors=errors, udp_dropped=window.udp_dropped)
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -1078,13 +1083,18 @@ def run() -> None:
         peer = sipp_media(tmp, ports, (held[-1] if held else levels[0]).legs // 2)
         _print_peer(levels, peer, cuts)
         with kamailio(tmp, ports) as registrar:
-            ours = engine_registrations(ports, registrar)
-            storm = sipp_registrations(tmp, ports, registrar, 8 * REGISTER_ENGINES)
+            # Two storms each: one REGISTER dropped on Kamailio's full socket buffer costs its storm
+            # SIP's T1 (500 ms) before the retransmission, whichever tool sent it.
+            ours = [engine_registrations(ports, registrar) for _ in range(2)]
+            storms = [sipp_registrations(tmp, ports, registrar, 8 * REGISTER_ENGINES) for _ in range(2)]
             theirs = sipp_registrations(tmp, ports, registrar, SIPP_REGISTERS)
-        print(f"REGISTER with digest (401, then 200) to Kamailio on loopback; rate = accepted ÷ (last 200 − first "
-              "REGISTER in), Kamailio's timestamps; latency p50/p95 from the engines' onRegStarted → onRegState")
-        _print_rates("engines", f"{REGISTER_ENGINES} × 8 phones at once", ours)
-        _print_rates("SIPp", f"the same storm: -l {8 * REGISTER_ENGINES} -m {8 * REGISTER_ENGINES}", storm)
+        print(f"REGISTER with digest (401, then 200) to Kamailio ({KAMAILIO_CHILDREN} UDP workers) on loopback; rate = "
+              "accepted ÷ (last 200 − first REGISTER in), Kamailio's timestamps; latency p50/p95 from the engines' "
+              "onRegStarted → onRegState; two storms each")
+        for rate in ours:
+            _print_rates("engines", f"{REGISTER_ENGINES} × 8 phones at once", rate)
+        for rate in storms:
+            _print_rates("SIPp", f"the same storm: -l {8 * REGISTER_ENGINES} -m {8 * REGISTER_ENGINES}", rate)
         _print_rates("SIPp", f"-l {8 * REGISTER_ENGINES} -m {SIPP_REGISTERS}", theirs)
         uas = Sipp(tmp, ports, ["-sn", "uas"]).listening()
         try:
@@ -1171,6 +1181,7 @@ def _print_rates(who: str, how: str, rate: Rate) -> None:
           f"latency p50/p95 ms {rate.latency():<9} CPU: own "
           f"{'-' if rate.own_pct is None else f'{rate.own_pct:.0f} %'}, peer {rate.peer_pct:.0f} %, "
           f"others {rate.others_pct:.0f} %"
-          + ("" if rate.retransmitted is None else f"; {rate.retransmitted} retransmitted"))
+          + ("" if rate.retransmitted is None else f"; {rate.retransmitted} retransmissions seen")
+          + f"; {rate.udp_dropped} UDP dropped on full buffers")
     if rate.errors:
         print(f"    {len(rate.errors)} errors, e.g. {rate.errors[0]}")
