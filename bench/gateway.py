@@ -17,6 +17,11 @@
    the protobuf, and what crosses the wire worker → gateway (TLS, HTTP/2, gRPC framing; counted
    by a relay), plain and with gRPC gzip. Reference: the 250 B budget (1 Mbit/s for 500
    endpoints). Peer: the same samples as JSON.
+5. What gzip on the link costs in CPU (CALLMETER_LINK_COMPRESSION): workers stream batches of 250
+   in-call endpoint samples at the same paced rate, plain then gzip; the gateway's CPU per
+   endpoint-second (it decompresses) and the sending process's. Beside it, in this process: one
+   such batch serialized (what the worker pays anyway), gzipped as gRPC core does it (zlib level
+   6, gzip wrapper) and gunzipped.
 
 The orchestrator is a stub in this process (admits the bench's token, counts and timestamps
 events), so figures are the gateway's, not SQLite's; tests cover the real orchestrator. The
@@ -37,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +76,10 @@ ENDPOINTS_PER_BATCH = 100
 WIRE_SIZES = (4, 100, 500)
 WIRE_ENDPOINT_SECONDS = 10_000 if QUICK else 50_000
 BUDGET_BYTES = 250
+LINK_ENDPOINTS = 250
+LINK_STREAMERS = 4
+LINK_BATCHES_PER_S = 200  # all streamers together: 50 000 endpoint-seconds a second
+LINK_S = 5 if QUICK else 20
 TOKEN = "cmw_bench"
 CONNECT = "/callmeter.v1.GatewayService/Connect"
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,8 +158,9 @@ async def hold_worker(sim: Sim, stats: HoldStats, gate: asyncio.Semaphore) -> No
 
 
 async def stream_batches(sim: Sim, template: workers_pb2.WorkerMessage, seconds: float,
-                         max_batches: int) -> list[float]:
-    """After the hello: numbered copies of a batch with WINDOW unacked; the times of the acks."""
+                         max_batches: int, interval_s: float = 0.0) -> list[float]:
+    """After the hello: numbered copies of a batch with WINDOW unacked, one every ``interval_s`` at
+    most (0: as fast as acks come); the times of the acks."""
     window = asyncio.Semaphore(WINDOW)
     acked: list[float] = []
 
@@ -164,7 +175,11 @@ async def stream_batches(sim: Sim, template: workers_pb2.WorkerMessage, seconds:
     batch = workers_pb2.WorkerMessage()
     batch.CopyFrom(template)
     sent = 0
+    next_at = time.monotonic()
     while sent < max_batches and time.monotonic() < deadline:
+        if interval_s:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += interval_s
         await window.acquire()
         sent += 1
         batch.metrics.sequence = sent
@@ -206,8 +221,11 @@ async def client_stream(spec: dict) -> None:
     sims = [Sim(spec["address"], ca, name, compression) for name in spec["names"]]
     await asyncio.gather(*(sim.hello() for sim in sims))
     print(json.dumps({"streaming": len(sims)}), flush=True)
-    results = await asyncio.gather(*(stream_batches(sim, template, spec["seconds"], 10**7) for sim in sims))
-    print(json.dumps({"acks": sorted(t for acked in results for t in acked)}), flush=True)
+    cpu0 = time.process_time()  # every thread of this process: gRPC core compresses on its own
+    results = await asyncio.gather(*(stream_batches(sim, template, spec["seconds"], 10**7, spec.get("interval_s", 0.0))
+                                     for sim in sims))
+    print(json.dumps({"acks": sorted(t for acked in results for t in acked), "cpu_s": time.process_time() - cpu0}),
+          flush=True)
 
 
 # ------------------------------------------------------------------ peers and stubs (server side)
@@ -560,6 +578,62 @@ async def wire_bytes(setup: Setup, samples: list[results_pb2.EndpointSample]) ->
     print(f"  peer: one sample as JSON (protobuf's JSON mapping) {json_size:.0f} B")
 
 
+def grpc_gzip(data: bytes) -> bytes:
+    """What gRPC core makes of a message with gzip: zlib's default level, the gzip wrapper."""
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+def cpu_per_call(call, repeat: int = 300) -> float:  # type: ignore[no-untyped-def]
+    began = time.process_time()
+    for _ in range(repeat):
+        call()
+    return (time.process_time() - began) / repeat
+
+
+async def link_compression_cpu(setup: Setup, samples: list[results_pb2.EndpointSample]) -> None:
+    """Part 5: CPU per endpoint-second of gzip on the worker → gateway link, at both ends."""
+    template = batch_of(samples, LINK_ENDPOINTS)
+    raw = template.SerializeToString()
+    packed = grpc_gzip(raw)
+    serialize = cpu_per_call(template.SerializeToString)
+    compress = cpu_per_call(lambda: grpc_gzip(raw))
+    decompress = cpu_per_call(lambda: zlib.decompress(packed, 16 + zlib.MAX_WBITS))
+    interval_s = LINK_STREAMERS / LINK_BATCHES_PER_S
+
+    async def paced(compress_link: bool) -> tuple[float, float, int]:
+        """Gateway and client CPU seconds per endpoint-second, and the batches acked."""
+        label = "link-gzip" if compress_link else "link-plain"
+        client = client_process("stream", {"address": setup.gateway_address, "ca_file": str(setup.ca_file),
+                                           "gzip": compress_link, "names": [f"{label}-{i}" for i in range(LINK_STREAMERS)],
+                                           "template": raw.hex(), "seconds": LINK_S, "interval_s": interval_s})
+        try:
+            await read_json(client, 120)
+            cpu0 = cpu_seconds(setup.gateway_pid)
+            final = await read_json(client, LINK_S + 60)
+            gateway_cpu = cpu_seconds(setup.gateway_pid) - cpu0
+        finally:
+            client.wait(30)
+        endpoint_seconds = len(final["acks"]) * LINK_ENDPOINTS
+        return gateway_cpu / endpoint_seconds, final["cpu_s"] / endpoint_seconds, len(final["acks"])
+
+    plain = await paced(False)
+    gzipped = await paced(True)
+    us = 1e6 / LINK_ENDPOINTS
+    print(f"gzip on the worker link: CPU (batches of {LINK_ENDPOINTS} in-call endpoint samples = "
+          f"{len(raw) / 1024:.1f} KiB, {len(packed) / 1024:.1f} KiB gzipped; {LINK_STREAMERS} workers, "
+          f"{LINK_BATCHES_PER_S} batches/s together, {LINK_S} s):")
+    print("                                   plain           gzip     ratio   (CPU per endpoint-second)")
+    for label, index in (("gateway (receive, publish, ack)", 0), ("sending process (all of it)", 1)):
+        print(f"  {label:<31} {plain[index] * 1e6:8.2f} µs   {gzipped[index] * 1e6:8.2f} µs   "
+              f"{gzipped[index] / plain[index]:5.2f}x")
+    print(f"  batches acked: {plain[2]} plain, {gzipped[2]} gzip")
+    print(f"  in this process, one batch: serialize {serialize * 1e6:6.0f} µs ({serialize * us:.2f} µs per endpoint), "
+          f"gzip {compress * 1e6:6.0f} µs ({compress * us:.2f}), gunzip {decompress * 1e6:6.0f} µs ({decompress * us:.2f})")
+    print(f"  a worker with 500 endpoints in call spends {500 * compress / LINK_ENDPOINTS * 100:.2f} % of a core "
+          f"gzipping, saving {(len(raw) - len(packed)) / LINK_ENDPOINTS * 500 * 8 / 1000:.0f} kbit/s")
+
+
 async def measure(tmp: Path) -> None:
     samples = await asyncio.to_thread(in_call_samples)
     server = EmbeddedNats(tmp / "nats")
@@ -590,6 +664,7 @@ async def measure(tmp: Path) -> None:
         await connected_workers(setup)
         await batch_rate(setup, samples)
         await wire_bytes(setup, samples)
+        await link_compression_cpu(setup, samples)
     finally:
         bare.terminate()
         bare.wait()

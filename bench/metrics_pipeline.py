@@ -5,15 +5,19 @@ store, a nats-server child) runs in this process; a publisher child process send
 in-call MetricBatches (250 endpoint-seconds each, as one worker sends a second of 250
 endpoints) with ``Nats-Msg-Id`` headers, using ``publish_async``.
 
-- end to end: a burst of batches published at once, until a count query sees every row;
+- end to end: a burst of batches published at once, until a count query sees every row in the
+  rollup (ingest refreshes the rollup rows of each insert's seconds before it acks, so rows in
+  the rollup are in the raw table too: every query sees them);
 - lag under a steady load: batches published at a fixed rate for a while; a batch's lag is the
   time from its publish to the first count query that sees its rows (ingest inserts in stream
   order, so the count tells how many batches are queryable), polled every STEADY_POLL_S;
-- disk: bytes per endpoint-second after ``OPTIMIZE … FINAL`` (system.parts);
-- the query service's reads of the burst's run, on the merged store.
+- disk: bytes per endpoint-second after ``OPTIMIZE … FINAL`` (system.parts), raw and rollups;
+- the query service's reads of the burst's run, on the merged store, and the run summary
+  computed from the raw rows as before the rollup (the same numbers, checked).
 
 Peers measured in the same run: a direct insert of the same rows into the same store, already
-encoded as the ingest encodes them (the store's ceiling); the ingest's own decode, checks and
+encoded as the ingest encodes them (the store's ceiling), and the rollup refresh after each of
+those inserts (the rollup's cost); the ingest's own decode, checks and
 row encoding alone (CPU time); and the raw nats-py publish rates (core NATS, JetStream with
 ``publish_async``, JetStream waiting for each ack as the gateway does).
 
@@ -42,6 +46,7 @@ import numpy as np
 
 from callmeter.catalog import METRICS
 from callmeter.common.stores.metrics_stream import batch_msg_id, batch_subject
+from callmeter.common.varint import encode_varint
 from callmeter.v1 import endpoint_metrics_pb2, results_pb2
 
 QUICK = bool(os.environ.get("CALLMETER_BENCH_QUICK"))
@@ -288,14 +293,7 @@ def simulate(endpoints: int, seconds: int, seed: int) -> Iterator[Columns]:
         yield c
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+_varint = functools.lru_cache(maxsize=1 << 16)(encode_varint)
 
 
 def encode_metrics(columns: Columns, numbers: dict[str, int]) -> list[bytes]:
@@ -498,8 +496,8 @@ class Publisher:
 
 
 def table_rows(client) -> int:  # type: ignore[no-untyped-def]
-    """Every row stored (no FINAL): what a query can count now."""
-    return int(client.command("SELECT count() FROM endpoint_seconds"))
+    """Endpoint-seconds every query can see now: those in the rollup (refreshed after the raw insert)."""
+    return int(client.command("SELECT sum(endpoints) FROM rollup_group_seconds FINAL"))
 
 
 def final_rows(client) -> int:  # type: ignore[no-untyped-def]
@@ -511,13 +509,28 @@ def final_run_rows(client, run_id: str) -> int:  # type: ignore[no-untyped-def]
                             parameters={"r": run_id}).result_rows[0][0])
 
 
-def disk_usage(client) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    client.command("OPTIMIZE TABLE endpoint_seconds FINAL")
+def refresh_late_second(client, run_id: str) -> None:  # type: ignore[no-untyped-def]
+    """The rollup refresh of one second in the middle of a run whose raw rows are merged into one part.
+
+    What a straggler batch costs: the raw table is sorted by endpoint before second, so the
+    refresh reads the (run, group) range of every part whose seconds span the late one.
+    """
+    from services.metrics.store import refresh_rollups
+
+    middle = client.command("SELECT toUInt32(avg(toUnixTimestamp(second))) FROM rollup_group_seconds "
+                            "WHERE run_id = {r:String}", parameters={"r": run_id})
+    refresh_rollups(client, [(run_id, "callers", int(middle))])
+
+
+def disk_usage(client, table: str = "endpoint_seconds") -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    client.command(f"OPTIMIZE TABLE {table} FINAL")
     row = client.query("SELECT sum(rows), sum(bytes_on_disk), sum(data_compressed_bytes), sum(data_uncompressed_bytes), "
                        "count(), any(default_compression_codec), any(part_type) FROM system.parts "
-                       "WHERE database = currentDatabase() AND table = 'endpoint_seconds' AND active").result_rows[0]
+                       "WHERE database = currentDatabase() AND table = {t:String} AND active",
+                       parameters={"t": table}).result_rows[0]
     top = client.query("SELECT name, data_compressed_bytes FROM system.columns WHERE database = currentDatabase() "
-                       "AND table = 'endpoint_seconds' ORDER BY data_compressed_bytes DESC LIMIT 4").result_rows
+                       "AND table = {t:String} ORDER BY data_compressed_bytes DESC LIMIT 4",
+                       parameters={"t": table}).result_rows
     return {"rows": int(row[0]), "on_disk": int(row[1]), "compressed": int(row[2]), "uncompressed": int(row[3]),
             "parts": int(row[4]), "codec": row[5], "part_type": row[6], "top": [(name, int(size)) for name, size in top]}
 
@@ -545,20 +558,24 @@ async def poll_rows(store: Any, baseline: int, target: int, deadline: float, eve
         await asyncio.sleep(every_s)
 
 
-def insert_stats() -> tuple[float, float, float]:
-    """(inserts, seconds in them, rows) so far, from the ingest's Prometheus metrics."""
+def insert_stats() -> tuple[float, float, float, float]:
+    """(inserts, seconds in them, rows, seconds in rollup refreshes) so far, from the ingest's Prometheus metrics."""
     from prometheus_client import REGISTRY
 
     def value(name: str) -> float:
         return REGISTRY.get_sample_value(name) or 0.0
 
     return (value("callmeter_metrics_insert_seconds_count"), value("callmeter_metrics_insert_seconds_sum"),
-            value("callmeter_metrics_rows_inserted_total"))
+            value("callmeter_metrics_rows_inserted_total"), value("callmeter_metrics_rollup_refresh_seconds_sum"))
 
 
-def describe_inserts(before: tuple[float, float, float]) -> str:
-    count, seconds, rows = (now - then for now, then in zip(insert_stats(), before, strict=True))
-    return f"{count:.0f} inserts of {rows / count:,.0f} rows in {seconds / count:.2f} s on average" if count else "no insert"
+def describe_inserts(before: tuple[float, float, float, float]) -> str:
+    count, seconds, rows, refresh = (now - then for now, then in zip(insert_stats(), before, strict=True))
+    if not count:
+        return "no insert"
+    return (f"{count:.0f} inserts of {rows / count:,.0f} rows in {seconds / count:.3f} s on average, "
+            f"each followed by a rollup refresh of {refresh / count:.3f} s ({refresh / (seconds + refresh):.0%} "
+            f"of the store thread's ingest time)")
 
 
 def cpu_s() -> float:
@@ -574,16 +591,19 @@ def rate(n: float, seconds: float) -> str:
     return f"{n / seconds:,.0f}" if seconds > 0 else "∞"
 
 
-async def direct_insert(store: Any, bodies: list[tuple[str, bytes]], max_rows: int, max_bytes: int) -> tuple[float, float, int]:
-    """The same rows through the ingest's decode and row building, then the store's insert in max_rows chunks.
+async def direct_insert(store: Any, bodies: list[tuple[str, bytes]], max_rows: int,
+                        max_bytes: int) -> tuple[float, float, float, int]:
+    """The same rows through the ingest's decode and row building, then the store's insert in max_rows chunks,
+    each followed by the rollup refresh of its seconds.
 
-    Returns (decode and build seconds, insert seconds, rows), timed apart with nothing else running.
+    Returns (decode and build seconds, insert seconds, refresh seconds, rows), timed apart with
+    nothing else running.
     """
     from services.metrics.batches import Refusal, RowBuffer, decode_rows
-    from services.metrics.store import insert_samples
+    from services.metrics.store import insert_samples, refresh_rollups
 
     now = int(time.time())
-    decode_s = insert_s = 0.0
+    decode_s = insert_s = refresh_s = 0.0
     rows = 0
     per_insert = max(1, max_rows // PER_BATCH)
     for chunk, first in enumerate(range(0, len(bodies), per_insert)):
@@ -594,12 +614,16 @@ async def direct_insert(store: Any, bodies: list[tuple[str, bytes]], max_rows: i
             assert not isinstance(batch, Refusal), batch
             buffer.add(batch)
         data = buffer.protobuf_rows() if store.protobuf_rows else buffer.columns
+        keys = buffer.keys()
         decode_s += time.thread_time() - began
         began = time.perf_counter()
         await store.call(insert_samples, data, f"bench-direct:{chunk}")
         insert_s += time.perf_counter() - began
+        began = time.perf_counter()
+        await store.call(refresh_rollups, keys)
+        refresh_s += time.perf_counter() - began
         rows += buffer.rows
-    return decode_s, insert_s, rows
+    return decode_s, insert_s, refresh_s, rows
 
 
 @dataclass
@@ -631,14 +655,18 @@ async def publish_peers(bench: Bench) -> None:
 
 async def store_peers(bench: Bench, settings: Any) -> float:
     """The ingest's Python work alone, and the store's insert of the same rows: the ceiling (rows/s)."""
-    decode_s, insert_s, rows = await direct_insert(bench.store, bench.bodies, settings.ingest_max_rows,
-                                                   settings.ingest_max_message_bytes)
+    decode_s, insert_s, refresh_s, rows = await direct_insert(bench.store, bench.bodies, settings.ingest_max_rows,
+                                                              settings.ingest_max_message_bytes)
+    inserts = -(-rows // settings.ingest_max_rows)
     form = "protobuf-row" if bench.store.protobuf_rows else "column"
     print(f"peer  decode + check + {form}s (ingest's code, CPU time) {rate(rows, decode_s):>11} endpoint-seconds/s",
           flush=True)
     print(f"ceiling  direct insert, {settings.ingest_max_rows:,}-row {form} inserts {rate(rows, insert_s):>11} "
           f"endpoint-seconds/s   (decode + insert in turn: {rate(rows, decode_s + insert_s)})", flush=True)
-    return rows / insert_s
+    print(f"peer  rollup refresh after each of those inserts: {refresh_s / inserts * 1000:.0f} ms "
+          f"(the insert: {insert_s / inserts * 1000:.0f} ms) = +{refresh_s / insert_s:.0%}; insert + refresh "
+          f"{rate(rows, insert_s + refresh_s):>11} endpoint-seconds/s", flush=True)
+    return rows / (insert_s + refresh_s)
 
 
 async def end_to_end(bench: Bench, ceiling: float) -> float:
@@ -658,9 +686,9 @@ async def end_to_end(bench: Bench, ceiling: float) -> float:
     took = seen - burst["began"]
     print(f"end to end  publish → queryable, burst of {rows:,}  {rows / took:>11,.0f} endpoint-seconds/s "
           f"({took:.2f} s; published in {burst['acked'] - burst['began']:.2f} s) = "
-          f"{rows / took / ceiling:.2f} × the direct insert", flush=True)
+          f"{rows / took / ceiling:.2f} × the direct insert + refresh", flush=True)
     print(f"    ingest process CPU {cpu / took:.2f} cores = {cpu / rows * 1e6:.1f} µs per endpoint-second (incl. chDB "
-          f"threads, count queries every {BURST_POLL_S * 1000:.0f} ms); {describe_inserts(inserts_before)}; "
+          f"threads, rollup count queries every {BURST_POLL_S * 1000:.0f} ms); {describe_inserts(inserts_before)}; "
           f"load {load_before} → {load()}", flush=True)
     return rows / took
 
@@ -695,7 +723,7 @@ async def steady(bench: Bench, steady_rate: int) -> bool:
           f"lag publish → queryable p50 {p50:.2f} s, p99 {p99:.2f} s, max {max(lags, default=float('nan')):.2f} s"
           f"{f'; {missing:,} batches NOT queryable within {DRAIN_TIMEOUT_S:.0f} s' if missing else ''}", flush=True)
     print(f"    peer: JetStream publish ack p50 {answer['ack_p50'] * 1000:.1f} ms, p99 {answer['ack_p99'] * 1000:.1f} ms; "
-          f"count query every {STEADY_POLL_S * 1000:.0f} ms; {describe_inserts(inserts_before)}; "
+          f"rollup count query every {STEADY_POLL_S * 1000:.0f} ms; {describe_inserts(inserts_before)}; "
           f"load {load_before} → {load()}", flush=True)
     return p99 < GOAL_P99_LAG_S and not missing
 
@@ -715,6 +743,105 @@ async def disk(bench: Bench) -> None:
     print(f"    peer: JetStream file store {stream.state.bytes / (stream.state.messages * PER_BATCH):.1f} B/endpoint-second, "
           f"wire {bench.wire_bytes / bench.rows:.1f} B; biggest columns: {top}", flush=True)
     print(f"    every key once: FINAL {distinct:,} = rows {rows:,}: {distinct == rows}", flush=True)
+    for table in ("rollup_group_seconds", "rollup_endpoints"):
+        rollup = await bench.store.call(disk_usage, table)
+        print(f"    rollup {table}: {rollup['on_disk'] / rows:.2f} B/endpoint-second ({rollup['rows']:,} rows, "
+              f"{rollup['on_disk'] / 2**20:.1f} MiB)", flush=True)
+
+
+#: The run summary from the raw rows, as it was computed before the rollup (the peer).
+_RAW_SUMMARY_SQL = """
+SELECT run_id, `group`, grouping(`group`) AS is_total,
+  uniqExact(`group`, endpoint),
+  sum(calls_attempted), sum(calls_connected), sum(calls_failed),
+  ifNotFinite(avgIf(mos / 100, call_active = 1 AND mos > 0), 0),
+  ifNotFinite(minIf(mos / 100, call_active = 1 AND mos > 0), 0),
+  ifNotFinite(quantileExactInclusiveIf(0.95)(rx_jitter_us / 1000, call_active = 1), 0),
+  sum(rx_lost), sum(rx_packets),
+  ifNotFinite(quantileExactInclusiveIf(0.95)(rtt_us / 1000, call_active = 1 AND rtt_us > 0), 0),
+  ifNotFinite(quantileExactInclusiveIf(0.95)(setup_time_ms / 1, calls_connected > 0 AND setup_time_ms > 0), 0)
+FROM endpoint_seconds FINAL WHERE run_id IN {runs:Array(String)}
+GROUP BY GROUPING SETS ((run_id, `group`), (run_id))
+"""
+_RAW_REGISTERED_SQL = """
+SELECT run_id, `group`, grouping(`group`), countIf(last_registered = 1)
+FROM (SELECT run_id, `group`, endpoint, argMax(registered, second) AS last_registered
+      FROM endpoint_seconds FINAL WHERE run_id IN {runs:Array(String)} GROUP BY run_id, `group`, endpoint)
+GROUP BY GROUPING SETS ((run_id, `group`), (run_id))
+"""
+_RAW_FAILURES_SQL = """
+SELECT run_id, `group`, grouping(`group`), if(call_last_code >= 300, call_last_code, 0) AS code, sum(calls_failed)
+FROM endpoint_seconds FINAL WHERE run_id IN {runs:Array(String)} AND calls_failed > 0
+GROUP BY GROUPING SETS ((run_id, `group`, code), (run_id, code))
+"""
+
+
+def raw_summary(client, run_id: str) -> dict[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """group ('' for the run) → GroupSummary fields, from the raw rows: three queries, as before the rollup."""
+    fields = ("endpoints", "calls_attempted", "calls_connected", "calls_failed", "mos_avg", "mos_min", "jitter_ms_p95",
+              "lost", "received", "rtt_ms_p95", "setup_ms_p95")
+    found: dict[str, dict[str, Any]] = {}
+    params = {"runs": [run_id]}
+    for _, group, is_total, *values in client.query(_RAW_SUMMARY_SQL, parameters=params).result_rows:
+        found["" if is_total else group] = {**dict(zip(fields, values, strict=True)), "failures_by_code": {}}
+    for _, group, is_total, registered in client.query(_RAW_REGISTERED_SQL, parameters=params).result_rows:
+        found["" if is_total else group]["registered"] = registered
+    for _, group, is_total, code, failures in client.query(_RAW_FAILURES_SQL, parameters=params).result_rows:
+        found["" if is_total else group]["failures_by_code"][code] = failures
+    for summary in found.values():
+        lost, received = summary.pop("lost"), summary.pop("received")
+        summary["loss_pct"] = 100.0 * lost / (received + lost) if received + lost else 0.0
+    return found
+
+
+def rollup_summary(client, run_id: str) -> dict[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """The same from the rollups, through the query service's code."""
+    from services.metrics import queries
+
+    fields = [f.name for f in results_pb2.GroupSummary.DESCRIPTOR.fields if f.name not in ("group", "failures_by_code")]
+    return {group: {**{name: getattr(summary, name) for name in fields}, "failures_by_code": dict(summary.failures_by_code)}
+            for group, summary in queries.group_summaries(client, [run_id]).get(run_id, {}).items()}
+
+
+def same_summaries(rollup: dict[str, dict[str, Any]], raw: dict[str, dict[str, Any]]) -> str:
+    """'identical …', or what differs.
+
+    mos_avg is compared to 1e-9: the rollup divides an integer sum (exact), the raw query adds up
+    ~10⁶ Float64s of mos / 100, whose rounding shows around the 11th digit.
+    """
+    differences = []
+    mos_drift = 0.0
+    for group in sorted(set(rollup) | set(raw)):
+        ours, theirs = rollup.get(group, {}), raw.get(group, {})
+        for name in sorted(set(theirs)):
+            a, b = ours.get(name), theirs[name]
+            if name == "mos_avg" and a is not None and b:
+                mos_drift = max(mos_drift, abs(a - b) / abs(b))
+                same = abs(a - b) <= 1e-9 * abs(b)
+            else:
+                same = a == b
+            if not same:
+                differences.append(f"{group or 'total'}.{name}: rollup {a!r}, raw {b!r}")
+    if differences:
+        return "DIFFERENT: " + "; ".join(differences[:6])
+    return f"identical (mos_avg to {mos_drift:.0e} relative)" if mos_drift else "identical"
+
+
+async def summary_times(bench: Bench, when: str) -> None:
+    """GetRunSummary of the burst's run from the rollups, and from the raw rows (the peer), best of 3."""
+    run = "bench-e2e"
+    times = {}
+    answers = {}
+    for label, fn in (("rollups", rollup_summary), ("raw rows", raw_summary)):
+        best = float("inf")
+        for _ in range(3):
+            began = time.perf_counter()
+            answers[label] = await bench.store.call(fn, run)
+            best = min(best, time.perf_counter() - began)
+        times[label] = best
+    print(f"summary  GetRunSummary of the burst's run {when}: from the rollups {times['rollups'] * 1000:.0f} ms, "
+          f"from the raw rows {times['raw rows'] * 1000:.0f} ms ({times['raw rows'] / times['rollups']:.1f}×); "
+          f"numbers {same_summaries(answers['rollups'], answers['raw rows'])}", flush=True)
 
 
 async def query_times(bench: Bench) -> None:
@@ -723,13 +850,16 @@ async def query_times(bench: Bench) -> None:
     from services.metrics import queries
 
     run = "bench-e2e"
+    await summary_times(bench, "after OPTIMIZE")
     reads: list[tuple[str, Any, tuple[Any, ...]]] = [
-        ("GetRunSummary (3 queries, exact p95s)", queries.run_summary, (run, [])),
+        ("GetRunSummary (2 queries on the rollups)", queries.run_summary, (run, [])),
+        ("peer: the summary on raw rows (3 queries)", raw_summary, (run,)),
         ("GetSeries, whole run, avg mos, step 10 s", queries.series, (run, BY_NAME["mos"], "avg", 10, "", -1)),
         ("GetSeries, one group, p95 jitter, step 1 s", queries.series, (run, BY_NAME["rx_jitter_us"], "p95", 1, "callers", -1)),
         ("GetSeries, one endpoint", queries.series, (run, BY_NAME["mos"], "avg", 1, "callers", 7)),
         ("GetTopEndpoints, lowest mos", queries.top_endpoints, (run, BY_NAME["mos"], True, 10)),
         ("peer: count() FINAL of the run", final_run_rows, (run,)),
+        ("rollup refresh of one late second, run merged", refresh_late_second, (run,)),
     ]
     print(f"queries  over the burst's {bench.rows:,} endpoint-seconds (best of 3, after OPTIMIZE):", flush=True)
     for label, fn, args in reads:
@@ -778,6 +908,7 @@ async def measure(tmp: Path) -> None:
         ceiling = await store_peers(bench, settings)
         e2e = await end_to_end(bench, ceiling)
         lag_ok = [await steady(bench, steady_rate) for steady_rate in STEADY_RATES]
+        await summary_times(bench, "as ingested (before OPTIMIZE)")
         await disk(bench)
         await query_times(bench)
         print(f"goal ≥ {GOAL_RATE:,} endpoint-seconds/s per ingest process: {'met' if e2e >= GOAL_RATE else 'MISSED'} "

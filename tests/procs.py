@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,6 +12,11 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import nats
+
+from callmeter.common.stores.metrics_stream import STREAM
+from callmeter.v1 import results_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +102,19 @@ def eventually(check, timeout_s: float = 20.0, interval_s: float = 0.1, message:
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not reached within {timeout_s} s")
         time.sleep(interval_s)
+
+
+def stored_batches(nats_url: str) -> list[results_pb2.MetricBatch]:
+    """Every MetricBatch in the CALLMETER_METRICS stream, in stream order."""
+
+    async def read() -> list[results_pb2.MetricBatch]:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(STREAM)
+            return [results_pb2.MetricBatch.FromString((await js.get_msg(STREAM, seq)).data)
+                    for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())

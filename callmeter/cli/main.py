@@ -3,6 +3,7 @@
 Each service subcommand imports only that service, so a worker host never loads the platform's
 dependencies. Service subcommands take their settings from CALLMETER_* variables (listed by
 `callmeter SERVICE --help`); the driving subcommands (`up`, `demo`, `run`, `test`) take flags.
+`callmeter worker --local FILE.yaml` runs one test file on this machine without the platform.
 """
 
 from __future__ import annotations
@@ -11,9 +12,14 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from callmeter import __version__
 from callmeter.common.exit_codes import HELP, ExitCode
+
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
 
 # subcommand → (module with main() and SETTINGS, one-line help)
 SERVICES: dict[str, tuple[str, str]] = {
@@ -37,9 +43,46 @@ def _settings_epilog(module_name: str) -> str:
 
     lines = ["environment:"]
     for name, field in settings_cls.model_fields.items():
-        default = "required" if field.is_required() else f"default {field.get_default(call_default_factory=False)!r}"
-        lines.append(f"  {env_name(settings_cls, name):<34} {default}")
+        lines.append(f"  {env_name(settings_cls, name):<34} {_default_text(field)}")
     return "\n".join(lines)
+
+
+def _default_text(field: FieldInfo) -> str:
+    """"required", "default 'info'", or for a default made when the service starts, an example of it."""
+    if field.is_required():
+        return "required"
+    if field.default_factory is None:
+        return f"default {field.default!r}"
+    if field.default_factory_takes_validated_data:
+        return "default computed at start from the other settings"
+    return f"default computed at start, e.g. {field.default_factory()!r}"  # type: ignore[call-arg]
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds (got {text})")
+    return value
+
+
+def _worker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--local", metavar="FILE.yaml", type=Path,
+                        help="run this test file on this machine without the platform (no gateway, no token): "
+                             "JSON lines on stdout (samples, errors, summary with the verdict of the file's gates; see "
+                             "docs/engine.md); exit 0 if every gate held and no endpoint failed, 1 if a gate or an "
+                             "endpoint failed, 2 if the run could not start")
+    parser.add_argument("--duration", metavar="SECONDS", type=_positive_seconds,
+                        help="with --local: stop the run this long after it starts (default: the file's timeout, "
+                             "else when every phone has finished or on Ctrl-C)")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="with --local: print errors and the summary, not the per-second samples")
+
+
+# Service subcommands that take options besides their environment.
+SERVICE_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {"worker": _worker_options}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.set_defaults(handler=_service_handler(module_name))
+        if name in SERVICE_OPTIONS:
+            SERVICE_OPTIONS[name](sub)
     from callmeter.cli import demo, run, runs, testcmd, up, workers
 
     for module in (up, demo, run, runs, testcmd, workers):
@@ -63,18 +108,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _service_handler(module_name: str) -> Callable[[argparse.Namespace], int]:
-    def handler(_args: argparse.Namespace) -> int:
+    def handler(args: argparse.Namespace) -> int:
+        if getattr(args, "local", None) is not None:  # `worker --local FILE`: standalone, no platform
+            from services.worker import local
+
+            return int(local.main(args.local, duration_s=args.duration, summary_only=args.summary_only))
+        if getattr(args, "duration", None) is not None or getattr(args, "summary_only", False):
+            print(f"callmeter {args.command}: error: --duration and --summary-only need --local", file=sys.stderr)
+            return ExitCode.ERROR
         return int(importlib.import_module(module_name).main())
 
     return handler
+
+
+def _service_help(name: str) -> str:
+    """A service's help: its options, if any, and the environment variables of its settings."""
+    module_name, help_text = SERVICES[name]
+    parser = argparse.ArgumentParser(prog=f"callmeter {name}", description=help_text,
+                                     epilog=_settings_epilog(module_name),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if name in SERVICE_OPTIONS:
+        SERVICE_OPTIONS[name](parser)
+    return parser.format_help()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # A service's --help lists its environment variables; that needs its settings imported.
     if len(argv) >= 2 and argv[0] in SERVICES and argv[1] in ("-h", "--help"):
-        module_name, help_text = SERVICES[argv[0]]
-        print(f"usage: callmeter {argv[0]}\n\n{help_text}\n\n{_settings_epilog(module_name)}")
+        print(_service_help(argv[0]), end="")
         return ExitCode.OK
     args = build_parser().parse_args(argv)
     return int(args.handler(args))

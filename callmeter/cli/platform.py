@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from callmeter.common.channels import check_health
-from callmeter.common.children import die_with_parent
+from callmeter.common.children import orphan_proof
 from callmeter.common.errors import ConfigError
 from callmeter.common.stores.database import create_database_engine
 from callmeter.common.stores.nats import EmbeddedNats, free_port
@@ -161,8 +161,11 @@ class Platform:
         log_file = self.data_dir / "logs" / f"{name}.log"
         full_env = {**os.environ, **env, "CALLMETER_READY_FILE": str(ready_file)}
         with log_file.open("ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "callmeter.cli.main", name], env=full_env,
-                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=die_with_parent)
+            # Run from the data directory: whatever a child writes relative to its working directory
+            # (chDB caches protobuf schemas in ./__cache__) stays there, not in the user's directory.
+            process = subprocess.Popen(orphan_proof([sys.executable, "-m", "callmeter.cli.main", name]), env=full_env,
+                                       cwd=self.data_dir / "run", stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       process_group=0)
         child = self.children[name] = Child(name, process, address, log_file, ready_file)
         return child
 

@@ -44,16 +44,18 @@ def proxy_options(address: str) -> list[tuple[str, int | str]]:
 
 
 def aio_channel(address: str, ca_file: Path | None = None, ca_setting: str = "CALLMETER_CA_FILE",
-                server_name: str | None = None, proxy: bool = False) -> grpc.aio.Channel:
+                server_name: str | None = None, proxy: bool = False,
+                compression: grpc.Compression | None = None) -> grpc.aio.Channel:
     """An asyncio channel; TLS when ``ca_file`` is given (the CA that signed the server); through
-    the environment's HTTP proxy when ``proxy``."""
+    the environment's HTTP proxy when ``proxy``; every message sent compressed with
+    ``compression`` (servers accept gzip and deflate without any setting)."""
     options = [*CLIENT_OPTIONS, *(proxy_options(address) if proxy else [])]
     if ca_file is None:
-        return grpc.aio.insecure_channel(address, options=options)
+        return grpc.aio.insecure_channel(address, options=options, compression=compression)
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
     credentials = grpc.ssl_channel_credentials(root_certificates=read_pem(ca_file, ca_setting))
-    return grpc.aio.secure_channel(address, credentials, options=options)
+    return grpc.aio.secure_channel(address, credentials, options=options, compression=compression)
 
 
 def sync_channel(address: str, ca_file: Path | None = None) -> grpc.Channel:

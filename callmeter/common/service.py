@@ -3,7 +3,8 @@
 An entry point calls ``run_service(spec, SettingsClass)``. The spec's ``build`` registers the
 servicers on the shared gRPC server and returns a ``Component`` whose ``start``/``stop`` own the
 service's background work (NATS consumers, heartbeats, stores). On SIGTERM or SIGINT: health
-NOT_SERVING → ``server.stop(grace)`` → ``component.stop()`` → exit 0. A second signal exits 130
+NOT_SERVING → ``component.drain(grace)`` if it has one (the gateway says goodbye to its streams)
+→ ``server.stop(rest of grace)`` → ``component.stop()`` → exit 0. A second signal exits 130
 at once. A ``ConfigError`` anywhere before serving prints one line naming the setting, exit 2.
 """
 
@@ -14,10 +15,11 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import prometheus_client
 import structlog
@@ -39,6 +41,13 @@ class Component(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+@runtime_checkable
+class Draining(Protocol):
+    """A Component with work to end while its RPCs are still open (streams to say goodbye to)."""
+
+    async def drain(self, grace_s: float) -> None: ...
 
 
 class NoBackgroundWork:
@@ -104,7 +113,11 @@ async def _serve(spec: ServiceSpec[S], settings: S) -> None:
         log.info("serving", grpc_port=port, prometheus_port=prometheus_port)
         await stop.wait()
         log.info("draining", grace_s=settings.shutdown_grace_s)
-        await server.stop(settings.shutdown_grace_s)
+        began = time.monotonic()
+        await server.set_serving(False)
+        if isinstance(component, Draining):
+            await component.drain(settings.shutdown_grace_s)
+        await server.stop(max(0.0, settings.shutdown_grace_s - (time.monotonic() - began)))
     finally:
         await component.stop()
         if metrics_server is not None:

@@ -15,7 +15,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from callmeter.common.codecs import codec_matches, codec_names
-from callmeter.common.gates import GATE_METRICS
+from callmeter.common.verdict import GATE_METRICS
 from callmeter.v1 import common_pb2, tests_pb2, workers_pb2
 
 # Largest group one test may ask for; larger loads are several groups (and several workers).

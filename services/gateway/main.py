@@ -1,7 +1,17 @@
-"""`callmeter gateway`: the gateway service process."""
+"""`callmeter gateway`: the gateway service process.
+
+Replicas find one another's workers through NATS alone. Orchestrator → worker messages are NATS
+requests on ``callmeter.workers.<id>.commands`` (callmeter/common/stores/worker_commands.py); a
+replica subscribes to the subject of each worker whose stream it holds (commands.py), so the one
+holding it answers and a worker held nowhere gets "no responders" at once. Each replica announces
+the workers it admits on ``ADMITTED_SUBJECT`` (a ``Worker``, as the orchestrator recorded it); a
+replica still holding an older stream of one ends it, so that only one replica ever answers for a
+worker.
+"""
 
 from __future__ import annotations
 
+import nats.errors
 import structlog
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client
@@ -13,14 +23,17 @@ from callmeter.common.grpc_server import GrpcServer, TlsFiles
 from callmeter.common.service import Component, ServiceSpec, run_service
 from callmeter.common.stores.metrics_stream import ensure_stream
 from callmeter.common.stores.nats import connect_nats
-from callmeter.common.stores.worker_commands import DELIVERED, SUBJECT_WILDCARD, worker_id_of
 from callmeter.v1 import orchestrator_pb2_grpc, workers_pb2
+from services.gateway.commands import NatsCommandRoutes
 from services.gateway.publisher import BatchPublisher
 from services.gateway.reporter import EventReporter
 from services.gateway.servicer import GatewayServicer, add_to_server
 from services.gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
+
+ADMITTED_SUBJECT = "callmeter.gateways.admitted"
+SHUTDOWN_REASON = "gateway shutting down"
 
 
 class Gateway:
@@ -29,37 +42,44 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, server: GrpcServer, nats: Client) -> None:
         self.settings = settings
         self.nats = nats
-        self.commands: Subscription | None = None
+        self.subscriptions: list[Subscription] = []
         self.channel = aio_channel(settings.orchestrator_address)
         self.reporter = EventReporter(
             orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel), settings.gateway_id,
             settings.report_interval_s, on_revoked=lambda worker_id: self.servicer.close_worker(worker_id, "token revoked"),
         )
         self.servicer = GatewayServicer(settings, orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel),
-                                        self.reporter, BatchPublisher(nats.jetstream()))
+                                        self.reporter, BatchPublisher(nats.jetstream()), on_admitted=self._announce,
+                                        routes=NatsCommandRoutes(nats))
         add_to_server(self.servicer, server.server)
 
     async def start(self) -> None:
         self.reporter.start()
-        self.commands = await self.nats.subscribe(SUBJECT_WILDCARD, cb=self._on_command)
+        self.subscriptions = [await self.nats.subscribe(ADMITTED_SUBJECT, cb=self._on_admitted_elsewhere)]
 
-    async def _on_command(self, msg: Msg) -> None:
-        """Queues an orchestrator's message on the stream of a worker this replica holds."""
-        session = self.servicer.sessions.get(worker_id_of(msg.subject))
-        if session is None:
-            return  # another replica holds it, or nobody does: silence means not delivered here
+    async def _announce(self, worker: workers_pb2.Worker) -> None:
         try:
-            message = workers_pb2.GatewayMessage.FromString(msg.data)
+            await self.nats.publish(ADMITTED_SUBJECT, worker.SerializeToString())
+        except nats.errors.Error as exc:  # an older stream elsewhere then ends when its connection does
+            log.warning("announce_failed", worker_id=worker.id, error=str(exc) or type(exc).__name__)
+
+    async def _on_admitted_elsewhere(self, msg: Msg) -> None:
+        try:
+            worker = workers_pb2.Worker.FromString(msg.data)
         except DecodeError:
-            log.warning("bad_worker_command", subject=msg.subject)
+            log.warning("bad_admission_notice")
             return
-        session.send(message)
-        await msg.respond(DELIVERED)
+        self.servicer.moved(worker)
+
+    async def drain(self, grace_s: float) -> None:
+        """Before the server cancels the streams still open when its grace ends: every worker is
+        told why, so that it reconnects (to another replica) at once."""
+        await self.servicer.say_goodbye(SHUTDOWN_REASON, grace_s)
 
     async def stop(self) -> None:
-        if self.commands is not None:
-            await self.commands.unsubscribe()
-        self.servicer.close_all("gateway shutting down")
+        for subscription in self.subscriptions:
+            await subscription.unsubscribe()
+        self.servicer.close_all(SHUTDOWN_REASON)
         await self.reporter.stop()
         await self.nats.drain()
         await self.channel.close()

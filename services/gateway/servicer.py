@@ -9,11 +9,20 @@ Whatever ends a stream is its reason: a Disconnect carrying it is the last messa
 gets (unless the worker closed the stream itself), and the orchestrator is told it. A message
 that does not parse, a batch above ``max_batch_bytes`` or traffic beyond the rate limits ends
 only that worker's stream.
+
+Several replicas: a worker admitted here is announced to the others (``on_admitted``); a replica
+still holding an older stream of that worker (its connection not yet known to be dead) ends it
+through ``moved`` and does not report it disconnected, since the worker is online elsewhere. A
+stopping gateway tells every worker why (``say_goodbye``) before the server cancels the streams.
+Messages for a worker reach this replica through ``routes`` (commands.py: a NATS subscription per
+stream), open from admission until the stream begins to end.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import grpc
 import nats.errors
@@ -39,17 +48,27 @@ DISCONNECT_LINGER_S = 2.0
 class WorkerSession:
     """One connected worker: its id, the messages waiting to be written to it, why it ended."""
 
-    def __init__(self, worker_id: str, context: grpc.aio.ServicerContext, limits: StreamLimits) -> None:
+    def __init__(self, worker_id: str, context: grpc.aio.ServicerContext, limits: StreamLimits,
+                 admitted_at_ns: int = 0) -> None:
         self.worker_id = worker_id
         self.context = context
         self.limits = limits
+        #: When the orchestrator admitted this connection, by its clock: orders connections of one
+        #: worker across replicas.
+        self.admitted_at_ns = admitted_at_ns
         self.outbound: asyncio.Queue[workers_pb2.GatewayMessage | None] = asyncio.Queue()
         self.reason: str | None = None
         self.told_worker = False
+        #: Ended because the worker connected to another replica: not reported disconnected.
+        self.moved = False
+        self.ended = asyncio.Event()
 
-    def send(self, message: workers_pb2.GatewayMessage) -> None:
-        if self.reason is None:
-            self.outbound.put_nowait(message)
+    def send(self, message: workers_pb2.GatewayMessage) -> bool:
+        """Queues ``message``; False (dropping it) once the stream is ending."""
+        if self.reason is not None:
+            return False
+        self.outbound.put_nowait(message)
+        return True
 
     def close(self, reason: str, tell_worker: bool = True) -> None:
         """Ends the stream after what is queued; the first reason given is the one kept."""
@@ -59,6 +78,16 @@ class WorkerSession:
             self.send(workers_pb2.GatewayMessage(disconnect=workers_pb2.Disconnect(reason=reason)))
         self.reason, self.told_worker = reason, tell_worker
         self.outbound.put_nowait(None)
+
+
+class CommandRoutes(Protocol):
+    """How messages for a worker reach the replica holding its stream (commands.py)."""
+
+    async def open(self, session: WorkerSession) -> None:
+        """From now on messages for ``session.worker_id`` go to ``session.send``."""
+
+    async def close(self, session: WorkerSession) -> None:
+        """Ends what ``open`` began for this session, not for a newer one of the worker; idempotent."""
 
 
 def add_to_server(servicer: GatewayServicer, server: grpc.aio.Server) -> None:
@@ -73,12 +102,19 @@ def add_to_server(servicer: GatewayServicer, server: grpc.aio.Server) -> None:
 
 class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
     def __init__(self, settings: GatewaySettings, orchestrator: orchestrator_pb2_grpc.OrchestratorServiceStub,
-                 reporter: EventReporter, publisher: BatchPublisher) -> None:
+                 reporter: EventReporter, publisher: BatchPublisher,
+                 on_admitted: Callable[[workers_pb2.Worker], Awaitable[None]] | None = None,
+                 routes: CommandRoutes | None = None) -> None:
         self.settings = settings
         self.orchestrator = orchestrator
         self.reporter = reporter
         self.publisher = publisher
+        #: Called with the orchestrator's record of each worker admitted here (before its welcome).
+        self.on_admitted = on_admitted
+        self.routes = routes
         self.sessions: dict[str, WorkerSession] = {}
+        #: Set when the gateway stops: the reason given to every stream, old and new.
+        self.closing: str | None = None
 
     def close_worker(self, worker_id: str, reason: str) -> None:
         session = self.sessions.get(worker_id)
@@ -90,12 +126,36 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
         for worker_id in list(self.sessions):
             self.close_worker(worker_id, reason)
 
+    async def say_goodbye(self, reason: str, timeout_s: float) -> None:
+        """Refuses new streams, ends every stream with ``reason`` and waits (at most ``timeout_s``)
+        for them to end: each Disconnect is written and read before the server cancels anything."""
+        self.closing = reason
+        self.close_all(reason)
+        sessions = list(self.sessions.values())
+        try:
+            await asyncio.wait_for(asyncio.gather(*(session.ended.wait() for session in sessions)), timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("goodbye_timeout", streams=sum(not session.ended.is_set() for session in sessions))
+
+    def moved(self, worker: workers_pb2.Worker) -> None:
+        """Another replica admitted ``worker``: ends an older stream of it held here."""
+        session = self.sessions.get(worker.id)
+        if session is None or worker.gateway_id == self.settings.gateway_id:
+            return
+        if session.admitted_at_ns >= worker.last_heartbeat.ToNanoseconds():
+            return  # ours is the newer connection; the announcement is of an older one
+        session.moved = True
+        log.info("worker_moved", worker_id=worker.id, gateway_id=worker.gateway_id)
+        session.close(f"replaced by a new connection of the same worker on gateway {worker.gateway_id}")
+
     def _limits(self) -> StreamLimits:
         s = self.settings
         return StreamLimits(s.rate_limit_messages_per_s, s.rate_limit_message_burst,
                             s.rate_limit_bytes_per_s, s.rate_limit_byte_burst)
 
     async def Connect(self, request_iterator, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        if self.closing is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self.closing)
         hello = await self._read_hello(context)
         try:
             admitted = await self.orchestrator.AdmitWorker(
@@ -108,31 +168,47 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
             log.info("worker_refused", peer=context.peer(), code=exc.code().name, detail=exc.details())
             await context.abort(code, exc.details() or "worker not admitted")
         worker_id = admitted.worker.id
-        session = WorkerSession(worker_id, context, self._limits())
+        session = WorkerSession(worker_id, context, self._limits(), admitted.worker.last_heartbeat.ToNanoseconds())
         previous = self.sessions.get(worker_id)
         if previous is not None:
             previous.close("replaced by a new connection of the same worker")
         self.sessions[worker_id] = session
+        if self.closing is not None:  # admitted while the gateway began to stop
+            session.close(self.closing)
         log.info("worker_connected", worker_id=worker_id, name=hello.name, peer=context.peer())
-        await context.write(workers_pb2.GatewayMessage(welcome=workers_pb2.Welcome(
-            worker_id=worker_id, gateway_id=self.settings.gateway_id,
-            heartbeat_interval_s=self.settings.heartbeat_interval_s, max_batch_bytes=self.settings.max_batch_bytes)))
-        reader = asyncio.create_task(self._read_loop(session), name=f"read-{worker_id}")
+        reader: asyncio.Task[None] | None = None
         try:
+            if self.routes is not None:
+                await self.routes.open(session)
+            if self.on_admitted is not None:
+                await self.on_admitted(admitted.worker)
+            await context.write(workers_pb2.GatewayMessage(welcome=workers_pb2.Welcome(
+                worker_id=worker_id, gateway_id=self.settings.gateway_id,
+                heartbeat_interval_s=self.settings.heartbeat_interval_s, max_batch_bytes=self.settings.max_batch_bytes)))
+            reader = asyncio.create_task(self._read_loop(session), name=f"read-{worker_id}")
             # The only writer of the stream; the reader and the gateway end it through session.close.
             while (message := await session.outbound.get()) is not None:
                 await context.write(message)
             reader.cancel()
+            if self.routes is not None:  # at once: a command must not wait on a stream that is ending
+                await self.routes.close(session)
             if session.told_worker:
                 await asyncio.sleep(DISCONNECT_LINGER_S)
         finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            if reader is not None:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
             reason = session.reason or "connection lost"
             if self.sessions.get(worker_id) is session:  # not replaced by a newer stream of the same worker
                 del self.sessions[worker_id]
-                self.reporter.add(orchestrator_pb2.WorkerEvent(worker_id=worker_id, disconnected=reason))
-            log.info("worker_disconnected", worker_id=worker_id, reason=reason)
+                if not session.moved:  # the worker is online on another replica
+                    self.reporter.add(orchestrator_pb2.WorkerEvent(worker_id=worker_id, disconnected=reason))
+            try:
+                if self.routes is not None:  # this stream's own route: a newer one of the worker keeps its own
+                    await self.routes.close(session)
+            finally:
+                session.ended.set()
+                log.info("worker_disconnected", worker_id=worker_id, reason=reason)
 
     async def _read_hello(self, context: grpc.aio.ServicerContext) -> workers_pb2.Hello:
         try:

@@ -6,10 +6,10 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from callmeter.common.settings import CommonSettings
-from callmeter.common.stores.nats import check_nats_url
+from callmeter.common.stores.nats import NatsUrl
 
 
 class GatewaySettings(CommonSettings):
@@ -23,7 +23,7 @@ class GatewaySettings(CommonSettings):
     tls_client_ca_file: Path | None = None
     #: The orchestrator's gRPC address (host:port).
     orchestrator_address: str = "127.0.0.1:50052"
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: NatsUrl = "nats://127.0.0.1:4222"
     #: Names this replica in worker records; several replicas may run behind one address.
     gateway_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     #: Interval a worker must heartbeat at, told to it in the welcome.
@@ -41,11 +41,6 @@ class GatewaySettings(CommonSettings):
     rate_limit_byte_burst: int = Field(default=128 * 1024 * 1024, ge=1024)
     #: Worker events are forwarded to the orchestrator at most this often.
     report_interval_s: float = Field(default=1.0, gt=0, le=60)
-
-    @field_validator("nats_url")
-    @classmethod
-    def _nats(cls, value: str) -> str:
-        return check_nats_url(value, "CALLMETER_NATS_URL")
 
     @model_validator(mode="after")
     def _burst_holds_a_batch(self) -> GatewaySettings:

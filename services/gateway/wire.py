@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from callmeter.common.varint import encode_varint, read_varint
 from callmeter.v1 import workers_pb2
 
 # WorkerMessage.metrics: field 4, length-delimited. MetricBatch.worker_id: field 2, length-delimited.
@@ -31,7 +32,7 @@ class Received:
     def batch_bytes(self) -> bytes:
         """The MetricBatch as the worker encoded it (re-encoded only if other fields came with it)."""
         if self.data[:1] == bytes([METRICS_TAG]):
-            length, start = _read_varint(self.data, 1)
+            length, start = read_varint(self.data, 1)
             if start + length == len(self.data):
                 return self.data[start:]
         return self.message.metrics.SerializeToString()
@@ -40,24 +41,4 @@ class Received:
 def with_worker_id(batch: bytes, worker_id: str) -> bytes:
     """The batch's bytes with ``worker_id`` set, overriding the one in them, if any."""
     encoded = worker_id.encode()
-    return batch + bytes([WORKER_ID_TAG]) + _varint(len(encoded)) + encoded
-
-
-def _read_varint(data: bytes, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[position]
-        value |= (byte & 0x7F) << shift
-        position += 1
-        if byte < 0x80:
-            return value, position
-        shift += 7
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return batch + bytes([WORKER_ID_TAG]) + encode_varint(len(encoded)) + encoded

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 
 from callmeter.catalog import METRICS, Metric
 from callmeter.common.stores.metrics_stream import SUBJECT_PREFIX
+from callmeter.common.varint import encode_varint
 from callmeter.v1 import endpoint_metrics_pb2, results_pb2
 from services.metrics.schema import KEY_COLUMNS, KEY_FIELD_NUMBERS, protobuf_row_schema
 
@@ -117,19 +118,12 @@ def _check(groups: list[str], endpoints: list[int], seconds: list[int], oldest: 
     return None
 
 
-@functools.lru_cache(maxsize=1 << 12)
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+_varint = functools.lru_cache(maxsize=1 << 12)(encode_varint)
 
 
 #: Varints of 0 … 16,383 (up to two bytes), looked up rather than encoded.
 _SMALL = 1 << 14
-_SMALL_VARINTS = [_varint.__wrapped__(value) for value in range(_SMALL)]
+_SMALL_VARINTS = [encode_varint(value) for value in range(_SMALL)]
 
 
 def _string_field(number: int, value: str) -> bytes:
@@ -161,6 +155,15 @@ class RowBuffer:
                          [s.second for s in samples], [s.metrics.SerializeToString() for s in samples])
         self.batches.append(batch)
         self.rows += len(batch.groups)
+
+    def keys(self) -> list[tuple[str, str, int]]:
+        """The (run_id, group, second) keys the rows touch: what the rollup refresh recomputes.
+
+        Per batch, each of its groups with each of its seconds (one of each, usually): a key
+        with no rows in fact costs the refresh nothing.
+        """
+        return sorted({(batch.run_id, group, second) for batch in self.batches
+                       for group in set(batch.groups) for second in set(batch.seconds)})
 
     def protobuf_rows(self) -> ProtobufRows:
         """Every row as a ``Row`` message: the sample's metrics, then its key fields."""

@@ -1,14 +1,17 @@
 """The durable consumer that moves metric batches from JetStream into the metrics store.
 
 Fetch → decode and check → buffer → one insert per ``max_rows`` rows or ``max_delay_s`` →
-ack. The next insert's rows are fetched and decoded while an insert runs (at most one runs: the
-store thread's engine releases the GIL, so Python and ClickHouse work side by side). A message is
-acked only after the insert that holds its rows succeeded, so a crash at any point leaves it
-unacked and JetStream delivers it again; the replayed rows land on the same ReplacingMergeTree
-keys and queries read FINAL, so they count once. Refused messages go to the dead-letter subject
-and never hold the consumer up. While the store is down, the consumer keeps its rows, stops
-fetching once the next insert's rows are gathered too, retries with back-off and tells JetStream
-it is still working on the held messages so they are not handed to another replica.
+refresh of the rollup rows of the (run, group, second)s the insert touched → ack. The next
+insert's rows are fetched and decoded while an insert runs (at most one runs: the store thread's
+engine releases the GIL, so Python and ClickHouse work side by side). A message is acked only
+after the insert that holds its rows and the rollup refresh after it succeeded, so a crash at
+any point leaves it unacked and JetStream delivers it again; the replayed rows land on the same
+ReplacingMergeTree keys and queries read FINAL, so they count once, and the rollup rows of their
+seconds are recomputed from the raw rows, so they count once there too. Refused messages go to
+the dead-letter subject and never hold the consumer up. While the store is down, the consumer
+keeps its rows, stops fetching once the next insert's rows are gathered too, retries with
+back-off and tells JetStream it is still working on the held messages so they are not handed to
+another replica.
 """
 
 from __future__ import annotations
@@ -28,13 +31,13 @@ from services.metrics.backoff import retry_until_stopped, stopped_within
 from services.metrics.batches import MAX_CLOCK_AHEAD_S, ProtobufRows, Refusal, RowBuffer, Rows, decode_rows
 from services.metrics.deadletter import dead_letter
 from services.metrics.settings import MetricsSettings
-from services.metrics.store import MetricsStore, insert_samples
+from services.metrics.store import MetricsStore, insert_samples, refresh_rollups
 from services.metrics.stream import (
     METRICS_CONSUMER,
     METRICS_DEADLETTER_SUBJECT,
     METRICS_STREAM,
+    PullConsumer,
     consumer_config,
-    pull_subscription,
 )
 
 log = structlog.get_logger(__name__)
@@ -43,7 +46,11 @@ ROWS = Counter("callmeter_metrics_rows_inserted_total", "Endpoint-seconds insert
 BATCHES = Counter("callmeter_metrics_batches_ingested_total", "MetricBatch messages stored and acked")
 INSERT_SECONDS = Histogram("callmeter_metrics_insert_seconds", "Duration of one successful insert",
                            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-INSERT_FAILURES = Counter("callmeter_metrics_insert_failures_total", "Inserts that failed (they are retried)")
+ROLLUP_SECONDS = Histogram("callmeter_metrics_rollup_refresh_seconds",
+                           "Duration of one successful refresh of the rollup rows an insert touched",
+                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+INSERT_FAILURES = Counter("callmeter_metrics_insert_failures_total",
+                          "Inserts or rollup refreshes that failed (they are retried)")
 PENDING = Gauge("callmeter_metrics_consumer_pending_messages", "Messages in the stream not yet delivered to ingest")
 LAG = Gauge("callmeter_metrics_ingest_lag_seconds", "At the newest insert: age of its oldest message in the stream")
 
@@ -63,34 +70,18 @@ class _Insert:
     stored: bool = False
 
 
-class SampleIngest:
-    """Fetches and decodes the next insert's rows while the previous insert runs (at most one)."""
+class SampleIngest(PullConsumer):
+    """Fetches and decodes the next insert's rows while the previous insert runs (at most one).
+    Stopping inserts and acks what is buffered (if the store takes it)."""
 
     def __init__(self, js: JetStreamContext, store: MetricsStore, settings: MetricsSettings) -> None:
-        self.js = js
+        super().__init__(js, METRICS_STREAM, consumer_config(
+            METRICS_CONSUMER, settings.ingest_ack_wait_s, settings.ingest_max_ack_pending))
         self.store = store
         self.settings = settings
         self.pending = _Insert()  # being filled
         self._inserting: _Insert | None = None
         self._insert_task: asyncio.Task[bool] | None = None
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        config = consumer_config(METRICS_CONSUMER, self.settings.ingest_ack_wait_s, self.settings.ingest_max_ack_pending)
-        self._subscription = await pull_subscription(self.js, METRICS_STREAM, config)
-        self._task = asyncio.create_task(self._run(), name="metrics-ingest")
-
-    async def stop(self) -> None:
-        """Stops fetching, then inserts and acks what is buffered (if the store takes it)."""
-        self._stopping.set()
-        if self._task is not None:
-            await self._task
-        # A pull subscription can hold an unread status message that would stall a later drain.
-        try:
-            await self._subscription.unsubscribe()
-        except Exception as exc:  # the connection is already gone: nothing left to stall
-            log.warning("unsubscribe_failed", error=str(exc) or type(exc).__name__)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -175,25 +166,33 @@ class SampleIngest:
             log.exception("metrics_insert_error")
 
     async def _insert(self, batch: _Insert) -> bool:
-        """Inserts the batch's rows (retrying while the store is down), then acks its messages."""
+        """Inserts the batch's rows and refreshes the rollup (retrying while the store is down), then acks."""
         token = _insert_token(batch.positions)
         rows = batch.buffer.rows
         buffer = batch.buffer
         build = buffer.protobuf_rows if self.store.protobuf_rows else lambda: buffer.columns
-        data = await asyncio.to_thread(build) if rows else None
+        data, keys = await asyncio.to_thread(lambda: (build(), buffer.keys())) if rows else (None, [])
+        inserted = False
 
         async def insert() -> None:
-            if rows:
+            nonlocal inserted
+            if rows and not inserted:
                 started = time.monotonic()
                 await self.store.call(insert_samples, data, token)
                 INSERT_SECONDS.observe(time.monotonic() - started)
+                inserted = True
+            if keys:  # after a failed refresh, only the refresh is tried again
+                started = time.monotonic()
+                await self.store.call(refresh_rollups, keys)
+                ROLLUP_SECONDS.observe(time.monotonic() - started)
 
         async def on_failure(error: Exception, retry_in_s: float) -> None:
             nonlocal data
             INSERT_FAILURES.inc()
             log.warning("metrics_insert_failed", error=str(error).splitlines()[0] if str(error) else type(error).__name__,
-                        rows=rows, messages=len(batch.held), retry_in_s=retry_in_s)
-            if isinstance(data, ProtobufRows):
+                        step="rollup_refresh" if inserted else "insert", rows=rows, messages=len(batch.held),
+                        retry_in_s=retry_in_s)
+            if isinstance(data, ProtobufRows) and not inserted:
                 # Should a sample the store cannot parse be the cause, columns read from the same
                 # samples by upb (which skips what it does not know) still go in: never stuck.
                 data = await asyncio.to_thread(lambda: buffer.columns)
@@ -201,7 +200,7 @@ class SampleIngest:
             await self._still_working([*batch.held, *self.pending.held])
 
         if not await retry_until_stopped(insert, self._stopping, self.settings.store_retry_max_s, on_failure):
-            log.warning("stopping_with_unstored_rows", rows=rows, messages=len(batch.held))
+            log.warning("stopping_with_unstored_rows", rows=rows, messages=len(batch.held), rows_inserted=inserted)
             return False
         batch.stored = True
         LAG.set(max(0.0, time.time() - min(m.metadata.timestamp.timestamp() for m in batch.held)))

@@ -1,11 +1,14 @@
-"""The read side: SQL over endpoint_seconds, as plain functions of a clickhouse-connect client.
+"""The read side: SQL over the metrics tables, as plain functions of a clickhouse-connect client.
 
 Every query reads ``FINAL``, so a sample stored twice (a replayed batch) counts once. Stored
 values are the catalog's scaled integers; results are divided by ``Metric.scale`` into the
 metric's unit. Percentiles use quantileExactInclusive: exact, interpolated like NumPy's
 default percentile. An aggregate over no qualifying rows is 0.
 
-What the summary counts (per group, and for the whole run):
+Run summaries (GetRunSummary, WatchRun's progress, trends) read the rollups, not the raw rows:
+rollup_group_seconds adds each group-second's sums up and merges its exact quantile states,
+rollup_endpoints gives the endpoints and their registration at their last second. What they
+count is defined in schema.py (GROUP_SECOND_COLUMNS), per group and for the whole run:
 - mos_avg, mos_min: over seconds with a call active and a MOS computed (mos > 0; a MOS is
   never below 1, so 0 means "not computed yet");
 - jitter_ms_p95: over seconds with a call active; rtt_ms_p95: the same, where RTCP gave an
@@ -13,7 +16,8 @@ What the summary counts (per group, and for the whole run):
 - setup_ms_p95: over seconds in which a call connected and reported its setup time, so each
   call weighs once, however long it lasted;
 - failures_by_code: each second's calls_failed filed under that second's call_last_code (see
-  failure_code_sql).
+  schema.failure_code_sql).
+Series and top endpoints read endpoint_seconds (any metric, any aggregate, one endpoint).
 """
 
 from __future__ import annotations
@@ -22,7 +26,16 @@ from collections.abc import Sequence
 
 from callmeter.catalog import BY_NAME, Metric
 from callmeter.v1 import results_pb2
-from services.metrics.schema import RUNS_TABLE, SAMPLES_TABLE, quote
+from services.metrics.schema import (
+    ACTIVE,
+    ENDPOINTS_TABLE,
+    GROUP_SECONDS_TABLE,
+    P95,
+    QUALITY_MEASURED,
+    RUNS_TABLE,
+    SAMPLES_TABLE,
+    quote,
+)
 
 AGGREGATES = {
     "avg": "avg({c})",
@@ -39,60 +52,32 @@ TREND_FIELDS = tuple(
     f.name for f in results_pb2.GroupSummary.DESCRIPTOR.fields if f.name not in ("group", "failures_by_code")
 )
 
-ACTIVE = "call_active = 1"
-# MOS and R factor come from the same E-model step; 0 means it has not produced a value yet.
-QUALITY_MEASURED = "call_active = 1 AND mos > 0"
+
+def _p95(column: str) -> str:
+    return f"ifNotFinite(quantileExactInclusiveMerge({P95})({column}), 0)"
 
 
-def _scaled(name: str) -> str:
-    return f"{quote(name)} / {BY_NAME[name].scale}"
-
-
-def _p95_if(name: str, condition: str) -> str:
-    return f"ifNotFinite(quantileExactInclusiveIf(0.95)({_scaled(name)}, {condition}), 0)"
-
-
-def failure_code_sql() -> str:
-    """The code a second's failed calls are filed under.
-
-    call_last_code is the final code of the endpoint's newest INVITE in that second. Where at
-    most one call ends per endpoint-second (the usual case) this is exact. When a failed and a
-    connected call end in the same endpoint-second, the newest code may be a success: those
-    failures are filed under 0, the proto's "no response", as their real code is unknown.
-    """
-    return "if(call_last_code >= 300, call_last_code, 0)"
-
+_MOS_SCALE = BY_NAME["mos"].scale
 
 _SUMMARY_SQL = f"""
 SELECT run_id, `group`, grouping(`group`) AS is_total,
-  uniqExact(`group`, endpoint),
-  sum(calls_attempted), sum(calls_connected), sum(calls_failed),
-  ifNotFinite(avgIf({_scaled('mos')}, {QUALITY_MEASURED}), 0),
-  ifNotFinite(minIf({_scaled('mos')}, {QUALITY_MEASURED}), 0),
-  {_p95_if('rx_jitter_us', ACTIVE)},
+  sum(calls_attempted), sum(calls_connected), sum(calls_failed), sumMap(failures_by_code),
+  ifNotFinite(sum(mos_sum) / sum(mos_count) / {_MOS_SCALE}, 0),
+  minIf(mos_min, mos_count > 0) / {_MOS_SCALE},
+  {_p95('jitter_ms')},
   sum(rx_lost), sum(rx_packets),
-  {_p95_if('rtt_us', ACTIVE + ' AND rtt_us > 0')},
-  {_p95_if('setup_time_ms', 'calls_connected > 0 AND setup_time_ms > 0')}
-FROM {SAMPLES_TABLE} FINAL
+  {_p95('rtt_ms')},
+  {_p95('setup_ms')}
+FROM {GROUP_SECONDS_TABLE} FINAL
 WHERE run_id IN {{runs:Array(String)}}
 GROUP BY GROUPING SETS ((run_id, `group`), (run_id))
 """
 
-_REGISTERED_SQL = f"""
-SELECT run_id, `group`, grouping(`group`), countIf(last_registered = 1)
-FROM (
-  SELECT run_id, `group`, endpoint, argMax(registered, second) AS last_registered
-  FROM {SAMPLES_TABLE} FINAL WHERE run_id IN {{runs:Array(String)}}
-  GROUP BY run_id, `group`, endpoint
-)
+_ENDPOINTS_SQL = f"""
+SELECT run_id, `group`, grouping(`group`), count(), countIf(registered = 1)
+FROM {ENDPOINTS_TABLE} FINAL
+WHERE run_id IN {{runs:Array(String)}}
 GROUP BY GROUPING SETS ((run_id, `group`), (run_id))
-"""
-
-_FAILURES_SQL = f"""
-SELECT run_id, `group`, grouping(`group`), {failure_code_sql()} AS code, sum(calls_failed)
-FROM {SAMPLES_TABLE} FINAL
-WHERE run_id IN {{runs:Array(String)}} AND calls_failed > 0
-GROUP BY GROUPING SETS ((run_id, `group`, code), (run_id, code))
 """
 
 
@@ -108,17 +93,17 @@ def group_summaries(client, run_ids: Sequence[str]) -> dict[str, dict[str, resul
         key = "" if is_total else group
         return found.setdefault(run_id, {}).setdefault(key, results_pb2.GroupSummary(group=key))
 
-    for (run_id, group, is_total, endpoints, attempted, connected, failed, mos_avg, mos_min, jitter_p95,
+    for (run_id, group, is_total, attempted, connected, failed, by_code, mos_avg, mos_min, jitter_p95,
          lost, received, rtt_p95, setup_p95) in client.query(_SUMMARY_SQL, parameters=params).result_rows:
         s = summary(run_id, group, is_total)
-        s.endpoints, s.calls_attempted, s.calls_connected, s.calls_failed = endpoints, attempted, connected, failed
+        s.calls_attempted, s.calls_connected, s.calls_failed = attempted, connected, failed
+        s.failures_by_code.update(by_code)
         s.mos_avg, s.mos_min, s.jitter_ms_p95 = mos_avg, mos_min, jitter_p95
         s.loss_pct = 100.0 * lost / (received + lost) if received + lost else 0.0
         s.rtt_ms_p95, s.setup_ms_p95 = rtt_p95, setup_p95
-    for run_id, group, is_total, registered in client.query(_REGISTERED_SQL, parameters=params).result_rows:
-        summary(run_id, group, is_total).registered = registered
-    for run_id, group, is_total, code, failures in client.query(_FAILURES_SQL, parameters=params).result_rows:
-        summary(run_id, group, is_total).failures_by_code[code] = failures
+    for run_id, group, is_total, endpoints, registered in client.query(_ENDPOINTS_SQL, parameters=params).result_rows:
+        s = summary(run_id, group, is_total)
+        s.endpoints, s.registered = endpoints, registered
     return found
 
 
@@ -188,7 +173,7 @@ def trend(client, test_id: str, field: str, limit: int) -> list[results_pb2.Tren
     runs = client.query(
         f"SELECT run_id, toUnixTimestamp(started_at) AS started FROM {RUNS_TABLE} FINAL "
         "WHERE test_id = {test_id:String} AND run_id IN ("
-        f"  SELECT DISTINCT run_id FROM {SAMPLES_TABLE} WHERE run_id IN ("
+        f"  SELECT DISTINCT run_id FROM {GROUP_SECONDS_TABLE} WHERE run_id IN ("
         f"    SELECT run_id FROM {RUNS_TABLE} WHERE test_id = {{test_id:String}})) "
         "ORDER BY started DESC, run_id DESC LIMIT {limit:UInt32}",
         parameters={"test_id": test_id, "limit": limit}).result_rows

@@ -21,7 +21,13 @@ from services.metrics.backoff import retry_until_stopped, stopped_within
 from services.metrics.deadletter import dead_letter
 from services.metrics.settings import MetricsSettings
 from services.metrics.store import MetricsStore, insert_runs
-from services.metrics.stream import RUNS_CONSUMER, RUNS_DEADLETTER_SUBJECT, RUNS_STREAM, consumer_config, pull_subscription
+from services.metrics.stream import (
+    RUNS_CONSUMER,
+    RUNS_DEADLETTER_SUBJECT,
+    RUNS_STREAM,
+    PullConsumer,
+    consumer_config,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -42,28 +48,11 @@ def run_row(payload: bytes) -> tuple[str, str, int] | str:
     return run.id, run.test_id, started
 
 
-class RunNotices:
+class RunNotices(PullConsumer):
     def __init__(self, js: JetStreamContext, store: MetricsStore, settings: MetricsSettings) -> None:
-        self.js = js
+        super().__init__(js, RUNS_STREAM, consumer_config(RUNS_CONSUMER, settings.ingest_ack_wait_s, FETCH_BATCH))
         self.store = store
         self.settings = settings
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        config = consumer_config(RUNS_CONSUMER, self.settings.ingest_ack_wait_s, FETCH_BATCH)
-        self._subscription = await pull_subscription(self.js, RUNS_STREAM, config)
-        self._task = asyncio.create_task(self._run(), name="run-notices")
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            await self._task
-        # A pull subscription can hold an unread status message that would stall a later drain.
-        try:
-            await self._subscription.unsubscribe()
-        except Exception as exc:  # the connection is already gone: nothing left to stall
-            log.warning("unsubscribe_failed", error=str(exc) or type(exc).__name__)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

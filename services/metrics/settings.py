@@ -6,14 +6,14 @@ from pydantic import Field, field_validator
 
 from callmeter.common.settings import CommonSettings
 from callmeter.common.stores.metrics_store import check_metrics_store_url
-from callmeter.common.stores.nats import check_nats_url
+from callmeter.common.stores.nats import NatsUrl
 
 
 class MetricsSettings(CommonSettings):
     grpc_port: int = Field(default=50054, ge=0, le=65535)
     prometheus_port: int = Field(default=9104, ge=0, le=65535)
     #: JetStream server(s) the gateway publishes metric batches to.
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: NatsUrl = "nats://127.0.0.1:4222"
     #: chdb:///DIR (embedded, owned by this process) or http(s)://HOST:PORT (a ClickHouse server).
     clickhouse_url: str = "chdb:///var/lib/callmeter/metrics"
 
@@ -45,11 +45,6 @@ class MetricsSettings(CommonSettings):
 
     #: Raw endpoint-seconds older than this are deleted (ClickHouse TTL); older samples are refused.
     raw_ttl_days: int = Field(default=30, ge=1, le=3650)
-
-    @field_validator("nats_url")
-    @classmethod
-    def _nats(cls, value: str) -> str:
-        return check_nats_url(value, "CALLMETER_NATS_URL")
 
     @field_validator("clickhouse_url")
     @classmethod

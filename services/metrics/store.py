@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from callmeter.common.stores.metrics_store import connect_metrics_store
 from services.metrics.batches import ProtobufRows
-from services.metrics.schema import RUNS_TABLE, SAMPLES_TABLE, ensure_schema
+from services.metrics.schema import RUNS_TABLE, SAMPLES_TABLE, TOUCHED_KEYS, ensure_schema, rollup_refresh_sql
 
 T = TypeVar("T")
 
@@ -70,6 +70,24 @@ def insert_samples(client, rows: ProtobufRows | dict[str, list[Any]], token: str
             **settings, "format_schema_source": "string", "format_schema": rows.schema, "format_schema_message_name": "Row"})
     else:
         client.insert(SAMPLES_TABLE, list(rows.values()), column_names=list(rows), column_oriented=True, settings=settings)
+
+
+_REFRESH_SQL = rollup_refresh_sql(TOUCHED_KEYS)
+
+
+def refresh_rollups(client, keys: Sequence[tuple[str, str, int]]) -> None:  # type: ignore[no-untyped-def]
+    """Recomputes the rollup rows of these (run_id, group, second) keys from endpoint_seconds FINAL.
+
+    Ingest calls it after each insert and acks the insert's messages only once it succeeded: a
+    recomputed row replaces the one before, so running it again (a redelivery) is harmless.
+    """
+    if not keys:
+        return
+    parameters = {"runs": sorted({run_id for run_id, _, _ in keys}), "groups": sorted({group for _, group, _ in keys}),
+                  "first": min(second for _, _, second in keys), "last": max(second for _, _, second in keys),
+                  "keys": list(keys)}
+    for statement in _REFRESH_SQL:
+        client.command(statement, parameters=parameters)
 
 
 def insert_runs(client, rows: Sequence[tuple[str, str, int]]) -> None:  # type: ignore[no-untyped-def]

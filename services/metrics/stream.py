@@ -8,6 +8,9 @@ here imports a service, so it can move to callmeter.common when another service 
 
 from __future__ import annotations
 
+import asyncio
+
+import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError
@@ -35,6 +38,8 @@ REASON_HEADER = "Callmeter-Deadletter-Reason"
 SUBJECT_HEADER = "Callmeter-Original-Subject"
 
 RUNS_CONSUMER = "metrics-ingest-runs"
+
+log = structlog.get_logger(__name__)
 
 
 async def ensure_streams(js: JetStreamContext, replicas: int, duplicate_window_s: float, max_age_s: float,
@@ -69,3 +74,35 @@ async def pull_subscription(js: JetStreamContext, stream: str, config: ConsumerC
     """Creates the consumer or updates its settings, then binds to it."""
     await js.add_consumer(stream, config)
     return await js.pull_subscribe_bind(durable=config.durable_name, stream=stream)
+
+
+class PullConsumer:
+    """A durable pull consumer's life: bound at ``start``, read by the subclass's ``_run`` loop
+    until ``_stopping`` is set. ``stop`` lets the loop finish what it holds first, then ends the
+    subscription (one can hold an unread status message that would stall a later drain)."""
+
+    def __init__(self, js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+        self.js = js
+        self.stream = stream
+        self.config = config
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._subscription: JetStreamContext.PullSubscription | None = None
+
+    async def start(self) -> None:
+        self._subscription = await pull_subscription(self.js, self.stream, self.config)
+        self._task = asyncio.create_task(self._run(), name=self.config.durable_name)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+        if self._subscription is None:
+            return
+        try:
+            await self._subscription.unsubscribe()
+        except Exception as exc:  # the connection is already gone: nothing left to stall
+            log.warning("unsubscribe_failed", error=str(exc) or type(exc).__name__)
+
+    async def _run(self) -> None:
+        raise NotImplementedError

@@ -7,6 +7,7 @@ so a restarted orchestrator picks up every run where the last one left it.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import structlog
@@ -23,6 +24,11 @@ from services.orchestrator.settings import OrchestratorSettings
 
 log = structlog.get_logger(__name__)
 
+# An assignment no gateway took is sent again on every tick for this long before its placement
+# fails: a worker admitted a moment ago may not be subscribed on its gateway yet, and one whose
+# gateway just went away is reconnecting to another replica.
+DELIVERY_RETRY_S = 10.0
+
 
 class Conductor:
     def __init__(self, settings: OrchestratorSettings, sessions: sessionmaker[Session], nats: Client,
@@ -32,6 +38,8 @@ class Conductor:
         self.nats = nats
         self.metrics = metrics
         self.wake = asyncio.Event()
+        #: (run, worker) → when its assignment was first not delivered (this process's clock).
+        self.undelivered_since: dict[tuple[str, str], float] = {}
 
     async def run_forever(self) -> None:
         while True:
@@ -50,6 +58,10 @@ class Conductor:
             delivered = await send_to_worker(self.nats, dispatch.worker_id,
                                              workers_pb2.GatewayMessage(assignment=dispatch.assignment))
             log.info("assignment_sent", run_id=dispatch.run_id, worker_id=dispatch.worker_id, delivered=delivered)
+            key = (dispatch.run_id, dispatch.worker_id)
+            if not delivered and time.monotonic() - self.undelivered_since.setdefault(key, time.monotonic()) < DELIVERY_RETRY_S:
+                continue  # sent again next tick
+            self.undelivered_since.pop(key, None)
             await asyncio.to_thread(runs.mark_delivery, self.sessions, dispatch, delivered)
         cancels, collects = await asyncio.to_thread(
             runs.advance, self.sessions, utcnow(), self.settings.stale_after_s, self.settings.collect_delay_s)

@@ -15,11 +15,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from callmeter.common.errors import CallmeterError, ErrorCode
+from callmeter.common.verdict import judge
 from callmeter.state.convert import run_to_proto
 from callmeter.state.models import Run, RunPlacement, TestVersion, Worker, utcnow
 from callmeter.v1 import results_pb2, runs_pb2, tests_pb2, workers_pb2
 from services.orchestrator.placement import Candidate, place
-from services.orchestrator.verdict import judge
 
 RUN = runs_pb2.RunState.Name
 ASSIGNMENT = workers_pb2.AssignmentState.Name

@@ -6,7 +6,7 @@ from pydantic import Field, field_validator
 
 from callmeter.common.settings import CommonSettings
 from callmeter.common.stores.database import normalize_database_url
-from callmeter.common.stores.nats import check_nats_url
+from callmeter.common.stores.nats import NatsUrl
 
 
 class OrchestratorSettings(CommonSettings):
@@ -19,7 +19,7 @@ class OrchestratorSettings(CommonSettings):
     #: How often workers are checked for staleness.
     stale_check_interval_s: float = Field(default=5.0, gt=0, le=600)
     #: NATS, through which assignments reach whichever gateway replica holds a worker.
-    nats_url: str = "nats://127.0.0.1:4222"
+    nats_url: NatsUrl = "nats://127.0.0.1:4222"
     #: metrics-ingest's gRPC address, which serves run summaries.
     metrics_address: str = "127.0.0.1:50054"
     #: How often runs are driven forward (dispatch, timeouts, lost workers, collection).
@@ -28,11 +28,6 @@ class OrchestratorSettings(CommonSettings):
     collect_delay_s: float = Field(default=3.0, ge=0, le=600)
     #: Give up reading a summary this long after execution ended; the run is FAILED then.
     collect_timeout_s: float = Field(default=120.0, gt=0, le=3600)
-
-    @field_validator("nats_url")
-    @classmethod
-    def _nats(cls, value: str) -> str:
-        return check_nats_url(value, "CALLMETER_NATS_URL")
 
     @field_validator("database_url")
     @classmethod

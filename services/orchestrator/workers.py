@@ -54,7 +54,12 @@ def admit_worker(sessions: sessionmaker[Session], request: orchestrator_pb2.Admi
 
 
 def record_events(sessions: sessionmaker[Session], request: orchestrator_pb2.ReportWorkerEventsRequest) -> list[str]:
-    """Applies heartbeats, goodbyes and disconnects; returns this gateway's workers whose token was revoked."""
+    """Applies heartbeats, goodbyes and disconnects; returns this gateway's workers whose token was revoked.
+
+    A disconnect from a gateway replica other than the worker's current one is stale: the worker
+    reconnected to another replica (recorded by its admission there) before the old replica saw
+    its stream end, and stays as it is."""
+    reporter = request.gateway_id[:MAX_NAME]
     with sessions.begin() as session:
         for event in request.events:
             worker = session.get(Worker, event.worker_id)
@@ -70,7 +75,7 @@ def record_events(sessions: sessionmaker[Session], request: orchestrator_pb2.Rep
                 record_status(session, worker.id, event.status)
             elif kind == "goodbye":
                 worker.state = STATE(workers_pb2.WORKER_STATE_DRAINING)
-            elif kind == "disconnected":
+            elif kind == "disconnected" and worker.gateway_id == reporter:
                 worker.state = STATE(workers_pb2.WORKER_STATE_OFFLINE)
                 worker.running_endpoints = 0
         revoked = session.scalars(

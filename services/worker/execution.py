@@ -29,7 +29,8 @@ class RunExecution:
     def __init__(self, assignment: workers_pb2.Assignment, packed: list[list[workers_pb2.EndpointSlice]],
                  rtp_ranges: list[tuple[int, int]], credentials: dict[str, engine_pb2.Credential],
                  on_sample: Callable[[str, results_pb2.EndpointSample], None],
-                 on_status: Callable[[workers_pb2.AssignmentStatus], None]) -> None:
+                 on_status: Callable[[workers_pb2.AssignmentStatus], None],
+                 on_error: Callable[[str, workers_pb2.EndpointError], None] | None = None) -> None:
         self.run_id = assignment.run_id
         self.spec: tests_pb2.TestSpec = assignment.spec
         self.start_at = assignment.start_at.ToNanoseconds() / 1e9 if assignment.HasField("start_at") else time.time()
@@ -38,6 +39,8 @@ class RunExecution:
         self.credentials = credentials
         self.on_sample = on_sample
         self.on_status = on_status
+        # Told of every endpoint error as it is recorded (the status carries only the newest ones).
+        self.on_error = on_error
         self.endpoints = sum(piece.count for slices in packed for piece in slices)
         self.erred: set[tuple[str, int]] = set()  # reported at least one error
         self.lost: set[tuple[str, int]] = set()  # their engine could not start or died
@@ -64,6 +67,8 @@ class RunExecution:
     def _record(self, error: workers_pb2.EndpointError) -> None:
         self.erred.add((error.group, error.endpoint))
         self.errors.append(error)
+        if self.on_error is not None:
+            self.on_error(self.run_id, error)
 
     async def run(self) -> None:
         """Starts every engine, follows them to the end, reports the final state."""
@@ -93,10 +98,14 @@ class RunExecution:
                 run_id=self.run_id, spec=self.spec, slices=slices, rtp_port_min=port_min, rtp_port_max=port_max,
                 credentials=self.credentials, start_at=self._start_at(slices))))
         except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
-            log_.error("engine_start_failed", error=str(exc))
-            self._fail_slices(slices, f"engine could not start: {exc}")
             if engine.process is not None:
                 await engine.kill()
+            if not self.cancelled:  # a cancel while it started stops it before ready: no failure
+                log_.error("engine_start_failed", error=str(exc))
+                self._fail_slices(slices, f"engine could not start: {exc}")
+            return
+        if self.cancelled:  # cancelled while this engine started: cancel() could not reach it yet
+            await engine.stop("cancelled")
             return
         done = False
         async for event in engine.events():

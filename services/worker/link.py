@@ -3,7 +3,8 @@
 Backoff: ``reconnect_initial_s`` doubling to ``reconnect_max_s``, each wait jittered by ±20 %,
 forever, and cut short by a stop. A refused token is logged once per attempt as one line and
 retried on the same backoff, never faster. The link goes through the HTTP CONNECT proxy that
-``HTTPS_PROXY`` names (either case) unless ``NO_PROXY`` covers the gateway's host.
+``HTTPS_PROXY`` names (either case) unless ``NO_PROXY`` covers the gateway's host. What the worker
+sends is compressed as ``link_compression`` says (gzip by default; see settings.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ log = structlog.get_logger(__name__)
 
 # How long a stopping worker waits for queued messages to be written.
 FLUSH_TIMEOUT_S = 5.0
+COMPRESSION = {"none": None, "gzip": grpc.Compression.Gzip}
 
 
 def backoff_delays(initial_s: float, max_s: float, rng: random.Random | None = None):  # type: ignore[no-untyped-def]
@@ -101,7 +103,7 @@ class GatewayLink:
         settings = self.settings
         welcomed = False
         channel = aio_channel(settings.gateway_address, settings.ca_file, server_name=settings.gateway_server_name,
-                              proxy=True)
+                              proxy=True, compression=COMPRESSION[settings.link_compression])
         try:
             call = workers_pb2_grpc.GatewayServiceStub(channel).Connect()
             self.call = call

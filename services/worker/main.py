@@ -3,6 +3,8 @@
 It has no gRPC server and opens no port beyond its local health endpoint: it dials out to the
 gateway and holds one stream. SIGTERM: stop the runs (final statuses and samples are sent),
 wait briefly for the gateway's acks, say goodbye, close the stream, exit 0.
+
+`callmeter worker --local FILE.yaml` runs one test file without the gateway instead: local.py.
 """
 
 from __future__ import annotations

@@ -40,10 +40,14 @@ def capacity_from(ready: engine_pb2.EngineReady | None, max_engines: int) -> wor
 
 class Supervisor:
     def __init__(self, settings: WorkerSettings, capacity: workers_pb2.WorkerCapacity,
-                 send: Callable[[workers_pb2.WorkerMessage], None]) -> None:
+                 send: Callable[[workers_pb2.WorkerMessage], None],
+                 on_error: Callable[[str, workers_pb2.EndpointError], None] | None = None) -> None:
         self.settings = settings
         self.capacity = capacity
         self.send = send
+        # Told of each endpoint error as it happens (standalone mode prints them); the statuses sent
+        # carry them too.
+        self.on_error = on_error
         self.uplink = Uplink(settings.send_buffer_bytes)
         self.secrets = credentials.load_secrets_file(settings.secrets_file)
         self.executions: dict[str, RunExecution] = {}
@@ -112,7 +116,7 @@ class Supervisor:
             return
         slots = [self.free_slots.pop(0) for _ in packed]
         execution = RunExecution(assignment, packed, [self.slot_ranges[slot] for slot in slots], found,
-                                 on_sample=self.uplink.add, on_status=self._status)
+                                 on_sample=self.uplink.add, on_status=self._status, on_error=self.on_error)
         self.executions[run_id] = execution
         log.info("assignment_accepted", run_id=run_id, endpoints=execution.endpoints, engines=len(packed),
                  codecs=codec_names(list(self.capacity.codecs)))

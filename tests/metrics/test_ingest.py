@@ -60,7 +60,8 @@ async def _failures_at_least(value: float) -> bool:
 
 
 def batches(run_id: str, count: int, endpoints: int = 10) -> list:  # type: ignore[type-arg]
-    return [make_batch(run_id, "w1", seq, "g", range(endpoints), BASE_SECOND + seq, rx_packets=1) for seq in range(count)]
+    return [make_batch(run_id, "w1", seq, "g", range(endpoints), BASE_SECOND + seq, rx_packets=1, calls_attempted=1)
+            for seq in range(count)]
 
 
 def test_duplicate_publish_and_a_late_resend_store_each_key_once(tmp_path: Path, nats_server: EmbeddedNats) -> None:
@@ -79,7 +80,7 @@ def test_duplicate_publish_and_a_late_resend_store_each_key_once(tmp_path: Path,
             await eventually(lambda: _all_acked(js), message="all messages acked")
             assert await ingest.store.call(count_rows, "dup") == 50
             summary = await ingest.store.call(queries.run_summary, "dup", [])
-            assert summary.total.endpoints == 10
+            assert (summary.total.endpoints, summary.total.calls_attempted) == (10, 50)
             series = await ingest.store.call(queries.series, "dup", BY_NAME["rx_packets"], "sum", 3600, "", -1)
             assert sum(point.value for point in series) == 50
             await nc.close()
@@ -110,6 +111,8 @@ def test_inserted_but_unacked_batches_are_redelivered_and_count_once(
             await eventually(lambda: _all_acked(js), message="redelivered and acked")
             assert counter("callmeter_metrics_rows_inserted_total") - rows_redelivered >= 40  # they did land again
             assert await ingest.store.call(count_rows, "redo") == 40
+            summary = await ingest.store.call(queries.run_summary, "redo", [])
+            assert (summary.total.endpoints, summary.total.calls_attempted) == (10, 40)
         await nc.close()
 
     run(body())

@@ -10,6 +10,7 @@ import pytest
 from callmeter.catalog import METRICS
 from callmeter.common.stores.metrics_store import connect_metrics_store
 from callmeter.common.stores.nats import EmbeddedNats
+from callmeter.common.varint import encode_varint
 from callmeter.v1 import endpoint_metrics_pb2, results_pb2
 from services.metrics.batches import ProtobufRows, RowBuffer, Rows, decode_rows
 from services.metrics.schema import ensure_schema
@@ -58,24 +59,15 @@ def test_protobuf_rows_store_what_columns_store(tmp_path: Path) -> None:
         client.close()
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _length_delimited(number: int, data: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
+    return encode_varint(number << 3 | 2) + encode_varint(len(data)) + data
 
 
 def test_odd_metric_encodings_are_stored_as_upb_reads_them(tmp_path: Path) -> None:
     """A bool sent as 2, a uint32 sent wider than 32 bits, a field this catalog lacks: upb's reading, not an error."""
     number = {m.name: i + 1 for i, m in enumerate(METRICS)}
-    metrics = (_varint(number["registered"] << 3) + _varint(2) + _varint(number["rx_packets"] << 3) + _varint((1 << 40) + 50)
-               + _varint((len(METRICS) + 500) << 3) + _varint(7))
+    metrics = (encode_varint(number["registered"] << 3) + encode_varint(2) + encode_varint(number["rx_packets"] << 3) + encode_varint((1 << 40) + 50)
+               + encode_varint((len(METRICS) + 500) << 3) + encode_varint(7))
     sample = results_pb2.EndpointSample(group="g", endpoint=3, second=BASE_SECOND).SerializeToString()
     payload = (results_pb2.MetricBatch(run_id="odd", worker_id="w1").SerializeToString()
                + _length_delimited(4, sample + _length_delimited(4, metrics)))

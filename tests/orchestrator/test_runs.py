@@ -3,20 +3,26 @@ collection, cancel — each step read back from the database, as a restarted orc
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import nats
 import pytest
 import sqlalchemy as sa
+from nats.aio.msg import Msg
 from sqlalchemy.orm import Session, sessionmaker
 
 from callmeter.common.stores.database import create_database_engine
+from callmeter.common.stores.nats import EmbeddedNats
+from callmeter.common.stores.worker_commands import DELIVERED, command_subject
 from callmeter.state.bootstrap import bootstrap_local
 from callmeter.state.migrate import upgrade
 from callmeter.state.models import Run, RunPlacement, Test, TestVersion, Worker, utcnow
 from callmeter.v1 import common_pb2, orchestrator_pb2, results_pb2, runs_pb2, tests_pb2, workers_pb2
-from services.orchestrator import runs, workers
+from services.orchestrator import conductor, runs, workers
+from services.orchestrator.settings import OrchestratorSettings
 
 SPEC = tests_pb2.TestSpec(
     name="t",
@@ -177,3 +183,43 @@ def test_cancel_reaches_the_workers_and_keeps_a_summary(sessions: sessionmaker[S
     runs.finish(sessions, run_id, good_summary(run_id))
     row = run_row(sessions, run_id)
     assert row.state == "RUN_STATE_CANCELLED" and row.summary is not None
+
+
+def test_an_assignment_no_gateway_took_is_sent_again_then_fails(
+        sessions: sessionmaker[Session], nats_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through a real NATS: undelivered assignments are retried each tick (a worker whose gateway is
+    still subscribing gets its assignment), and fail only after DELIVERY_RETRY_S."""
+    monkeypatch.setattr(conductor, "DELIVERY_RETRY_S", 1.0)
+    late_worker, absent_worker = admit(sessions, "late", max_endpoints=2), admit(sessions, "absent", max_endpoints=2)
+    run_id = new_run(sessions)
+    runs.submit(sessions, run_id)
+    assert {p.worker_id for p in placements(sessions, run_id)} == {late_worker, absent_worker}
+
+    async def scenario() -> list[workers_pb2.GatewayMessage]:
+        nc = await nats.connect(nats_server.url)
+        received: list[workers_pb2.GatewayMessage] = []
+
+        async def gateway(msg: Msg) -> None:  # what a gateway replica holding the late worker answers
+            received.append(workers_pb2.GatewayMessage.FromString(msg.data))
+            await msg.respond(DELIVERED)
+
+        try:
+            conducting = conductor.Conductor(OrchestratorSettings(), sessions, nc, metrics=None)  # type: ignore[arg-type]
+            await conducting.tick()  # nobody subscribed yet: both stay pending
+            assert {p.state for p in placements(sessions, run_id)} == {"ASSIGNMENT_STATE_UNSPECIFIED"}
+            await nc.subscribe(command_subject(late_worker), cb=gateway)
+            await nc.flush()
+            await conducting.tick()
+            await asyncio.sleep(1.1)
+            await conducting.tick()
+            return received
+        finally:
+            await nc.close()
+
+    received = asyncio.run(scenario())
+    assert [m.assignment.run_id for m in received] == [run_id]
+    states = {p.worker_id: p for p in placements(sessions, run_id)}
+    assert states[late_worker].state == "ASSIGNMENT_STATE_ACCEPTED"
+    assert states[absent_worker].state == "ASSIGNMENT_STATE_FAILED"
+    assert states[absent_worker].errors == ["the worker was not connected to any gateway"]
+    assert run_row(sessions, run_id).state == "RUN_STATE_RUNNING"

@@ -39,7 +39,7 @@ from services.worker.health import WorkerStatus
 from services.worker.link import GatewayLink
 from services.worker.settings import WorkerSettings
 from services.worker.supervisor import Supervisor
-from tests.procs import ServiceProcess, eventually, http_get, start_service
+from tests.procs import ServiceProcess, eventually, http_get, start_service, stored_batches
 
 CONNECT = "/callmeter.v1.GatewayService/Connect"
 
@@ -267,17 +267,7 @@ def test_gateway_sigkill_mid_stream_loses_and_duplicates_no_batch(plane: Plane, 
     assert all(0.8 * n <= w <= 1.2 * n for w, n in zip(waits, nominal, strict=True)), waits
     assert reconnected_at - killed_at >= waits[0] - 0.5, (reconnected_at - killed_at, waits)
 
-    async def stored() -> list[results_pb2.MetricBatch]:
-        nc = await nats.connect(plane.nats.url)
-        try:
-            js = nc.jetstream()
-            info = await js.stream_info(STREAM)
-            return [results_pb2.MetricBatch.FromString((await js.get_msg(STREAM, seq)).data)
-                    for seq in range(info.state.first_seq, info.state.last_seq + 1)]
-        finally:
-            await nc.close()
-
-    batches = asyncio.run(stored())
+    batches = stored_batches(plane.nats.url)
     assert len(batches) == last, f"{len(batches)} messages in {STREAM} for {last} batches"
     assert sorted(b.sequence for b in batches) == list(range(1, last + 1)), "every batch exactly once"
     assert all(b.run_id == RUN_ID and [s.second for s in b.samples] == [b.sequence] for b in batches)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from callmeter.common.errors import CallmeterError, ErrorCode
+from callmeter.common.verdict import judge
 from callmeter.v1 import common_pb2, results_pb2, runs_pb2, tests_pb2
 from services.orchestrator.placement import Candidate, Slice, place
-from services.orchestrator.verdict import judge
 
 UDP, TLS = common_pb2.TRANSPORT_UDP, common_pb2.TRANSPORT_TLS
 
@@ -75,8 +75,11 @@ def test_a_gate_on_what_was_not_measured_fails() -> None:
     assert verdict == runs_pb2.VERDICT_FAIL and reasons == ["mos_avg >= 1: not measured"]
 
 
-def test_the_verdict_reads_every_gate_metric_the_api_accepts() -> None:
-    from callmeter.common.gates import GATE_METRICS
-    from services.orchestrator.verdict import METRICS
+def test_every_gate_metric_reads_a_summary_field() -> None:
+    from callmeter.common.verdict import GATE_METRICS, METRICS
 
     assert set(METRICS) == GATE_METRICS
+    fields = {f.name for f in results_pb2.GroupSummary.DESCRIPTOR.fields}
+    assert {metric for metric in GATE_METRICS if not metric.endswith("_pct")} <= fields
+    measured = results_pb2.GroupSummary(endpoints=4, registered=4, calls_attempted=2, calls_connected=2)
+    assert all(isinstance(read(measured), float) for read in METRICS.values())

@@ -15,9 +15,9 @@ from services.worker.engine.client import EngineClient
 class EngineProcess(EngineClient):
     """An engine with its log in a file; waits fail the test with the log's tail."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
-        super().__init__(env={"SIP_IP": "127.0.0.1", "PYTHONFAULTHANDLER": "1"},
+        super().__init__(env={"SIP_IP": "127.0.0.1", "PYTHONFAULTHANDLER": "1", **(env or {})},
                          stderr=log_path.open("wb"))
 
     def wait_for(self, kind: str, timeout: float) -> engine_pb2.EngineEvent:
@@ -29,13 +29,21 @@ class EngineProcess(EngineClient):
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
+    def run_to_end(self, command: engine_pb2.EngineCommand, timeout: float) -> None:
+        """Once ready, runs ``command`` until the engine says done, then stops it; it must exit 0."""
+        self.wait_for("ready", timeout=20)
+        self.send(command)
+        self.wait_for("done", timeout=timeout)
+        assert self.stop() == 0, self.log()
+
 
 @pytest.fixture
-def engines(tmp_path: Path) -> Iterator[Callable[[str], EngineProcess]]:
+def engines(tmp_path: Path) -> Iterator[Callable[..., EngineProcess]]:
+    """``engines(name, env=None)`` starts an engine (with these environment variables added)."""
     started: list[EngineProcess] = []
 
-    def start(name: str) -> EngineProcess:
-        engine = EngineProcess(tmp_path / f"{name}.log")
+    def start(name: str, env: dict[str, str] | None = None) -> EngineProcess:
+        engine = EngineProcess(tmp_path / f"{name}.log", env)
         started.append(engine)
         return engine
 

@@ -89,6 +89,38 @@ def test_self_call_between_two_engines_carries_rtp_and_scores_mos(engines) -> No
     assert any(s.metrics.rtt_us for s in samples_of(callee_engine) + samples_of(caller_engine))
 
 
+
+def test_timed_actions_wake_the_loop_on_time_whatever_the_poll(engines) -> None:
+    """With a 1 s longest wait, the answer delay and the call's end still come within ms of their
+    time: the loop sleeps until the next due action, not for a fixed poll."""
+    callee_port = free_udp_port()
+    spec = tests_pb2.TestSpec(name="timing")
+    callees = spec.groups.add(name="callees", count=1, role=common_pb2.ENDPOINT_ROLE_CALLEE, codecs=["PCMU"])
+    callees.target.aor = f"sip:{{n}}@127.0.0.1:{callee_port}"
+    callees.scenario.answer_delay.FromMilliseconds(300)
+    callers = spec.groups.add(name="callers", count=1, role=common_pb2.ENDPOINT_ROLE_CALLER, codecs=["PCMU"])
+    callers.target.call_uri = "group:callees"
+    callers.scenario.call_duration.FromMilliseconds(1500)
+
+    slow = {"CALLMETER_ENGINE_POLL_MS": "1000"}
+    callee_engine, caller_engine = engines("callee-engine", slow), engines("caller-engine", slow)
+    for engine in (callee_engine, caller_engine):
+        engine.wait_for("ready", timeout=20)
+    rtp_base = random.randrange(20000, 40000, 2)
+    start_at = time.time() + 1.5
+    callee_engine.send(start_command(spec, "callees", 1, rtp_base, start_at))
+    caller_engine.send(start_command(spec, "callers", 1, rtp_base + 100, start_at))
+    caller_engine.wait_for("done", timeout=15)
+    took = time.time() - start_at
+    callee_engine.wait_for("done", timeout=10)
+    assert caller_engine.stop() == 0 and callee_engine.stop() == 0
+
+    setup_ms = [s.metrics.setup_time_ms for s in samples_of(caller_engine) if s.metrics.setup_time_ms]
+    assert len(setup_ms) == 1 and 295 <= setup_ms[0] <= 400, setup_ms  # a 1 s poll would make it ~1000
+    # Start, answer after 0.3 s, hang up 1.5 s later, BYE answered: each late by a poll would add seconds.
+    assert 1.8 <= took <= 2.4, took
+
+
 def test_unknown_codec_is_an_endpoint_error_naming_it(engines) -> None:
     spec = tests_pb2.TestSpec(name="bad-codec")
     callers = spec.groups.add(name="callers", count=2, role=common_pb2.ENDPOINT_ROLE_CALLER, codecs=["PCMU", "OPUS"])

@@ -66,10 +66,7 @@ def test_rejected_calls_report_their_code_and_each_phone_calls_again(engines, tm
             peer.wait_listening()
             add_caller(spec, f"to{code}", f"sip:service@{peer.uri_host}", repetitions=2)
         engine = engines("rejections")
-        engine.wait_for("ready", timeout=20)
-        engine.send(start(spec))
-        engine.wait_for("done", timeout=15)
-        assert engine.stop() == 0, engine.log()
+        engine.run_to_end(start(spec), timeout=15)
     finally:
         for peer in peers.values():
             peer.stop()
@@ -102,10 +99,7 @@ def test_no_answer_and_unreachable_target_while_another_call_goes_on(engines, tm
         add_caller(spec, "unreachable", f"sip:service@127.0.0.1:{closed}", ring_timeout_s=2)
         add_caller(spec, "talker", f"sip:service@{echo.uri_host}", duration_s=4)
         engine = engines("no-answer")
-        engine.wait_for("ready", timeout=20)
-        engine.send(start(spec))
-        engine.wait_for("done", timeout=15)
-        assert engine.stop() == 0, engine.log()
+        engine.run_to_end(start(spec), timeout=15)
     finally:
         ringing.stop()
         echo.stop()
@@ -138,10 +132,7 @@ def test_rtp_port_range_exhausted_fails_the_call_that_finds_no_port(engines, tmp
         add_caller(spec, "callers", f"sip:service@{echo.uri_host}", count=2, duration_s=2)
         base = random.randrange(20000, 40000, 2)
         engine = engines("rtp-range")
-        engine.wait_for("ready", timeout=20)
-        engine.send(start(spec, rtp=(base, base + 1)))  # room for one RTP/RTCP pair
-        engine.wait_for("done", timeout=15)
-        assert engine.stop() == 0, engine.log()
+        engine.run_to_end(start(spec, rtp=(base, base + 1)), timeout=15)  # room for one RTP/RTCP pair
     finally:
         echo.stop()
 
@@ -227,10 +218,7 @@ def test_back_to_back_zero_second_calls_neither_abort_the_engine_nor_fail(engine
         add_caller(spec, "callers", f"sip:service@{uas.uri_host}", count=4, duration_s=0, repetitions=25)
         spec.groups[0].scenario.ClearField("pause_between_calls")
         engine = engines("back-to-back")
-        engine.wait_for("ready", timeout=20)
-        engine.send(start(spec))
-        engine.wait_for("done", timeout=20)
-        assert engine.stop() == 0, engine.log()
+        engine.run_to_end(start(spec), timeout=20)
     finally:
         uas.stop()
     assert not errors_of(engine), errors_of(engine)[:3]

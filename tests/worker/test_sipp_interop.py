@@ -38,10 +38,7 @@ def test_engine_calls_sipp_uas_and_gets_its_rtp_echoed(engines, tmp_path: Path) 
         callers.target.call_uri = f"sip:service@{uas.uri_host}"
         callers.scenario.call_duration.seconds = CALL_SECONDS
         engine = engines("caller-engine")
-        engine.wait_for("ready", timeout=20)
-        engine.send(start_command(spec, "callers", 2, time.time() + 0.3))
-        engine.wait_for("done", timeout=CALL_SECONDS + 15)
-        assert engine.stop() == 0, engine.log()
+        engine.run_to_end(start_command(spec, "callers", 2, time.time() + 0.3), timeout=CALL_SECONDS + 15)
     finally:
         uas.stop()
 

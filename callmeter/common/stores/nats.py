@@ -9,13 +9,15 @@ import subprocess
 import sysconfig
 import time
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import nats
 import structlog
 from nats.aio.client import Client
+from pydantic import AfterValidator
 
-from callmeter.common.children import die_with_parent
+from callmeter.common.children import orphan_proof
 from callmeter.common.errors import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -28,6 +30,10 @@ def check_nats_url(url: str, setting: str) -> str:
     if scheme not in SCHEMES:
         raise ConfigError(setting, f"unknown scheme {scheme!r}; use nats://HOST:PORT or tls://HOST:PORT")
     return url
+
+
+#: The type of a settings field that holds the NATS URL (CALLMETER_NATS_URL).
+NatsUrl = Annotated[str, AfterValidator(lambda url: check_nats_url(url, "CALLMETER_NATS_URL"))]
 
 
 async def connect_nats(url: str, name: str, setting: str = "CALLMETER_NATS_URL",
@@ -90,8 +96,8 @@ class EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(self.port), "-js",
                 "-sd", str(self.data_dir / "jetstream"), "-l", str(self.log_file)]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self.process = subprocess.Popen(orphan_proof(args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, process_group=0)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -2,12 +2,14 @@
 
 tick() runs on every loop iteration. It reads what the phone's callbacks recorded and decides
 the next SIP action; it is the only place that acts on a phone during a run. Times are
-time.monotonic() seconds.
+time.monotonic() seconds. Each tick leaves in ``wake_at`` when the next timed action is due, so
+that the engine's loop sleeps until then rather than polling (a SIP event wakes it anyway).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable
 
@@ -102,16 +104,20 @@ class Driver:
         self._code_at_cancel = 0
         self._answer_at: float | None = None
         self._slot_wait_since: float | None = None  # first PJ_ETOOMANY of the call being placed
+        #: When tick() next has a timed action to take, as of the last tick (math.inf: none;
+        #: the past: something waits without a due time, e.g. room in the media budget).
+        self.wake_at = math.inf
 
     @property
     def finished(self) -> bool:
         return self.stage is Stage.FINISHED
 
     def tick(self, now: float) -> None:
+        self.wake_at = math.inf
         if self.stage is Stage.FINISHED or self.plan.role != common_pb2.ENDPOINT_ROLE_CALLEE:
             self._refuse_incoming()
         if self.stage is Stage.WAITING:
-            if now >= self.begin_at:
+            if self._due(now, self.begin_at):
                 self._begin()
             return
         registration = self._registration_event()
@@ -124,7 +130,7 @@ class Driver:
             self.stage = Stage.ACTIVE
         if self.stage is Stage.ACTIVE:
             self._active(now)
-        elif self.stage is Stage.UNREGISTERING and (registration or now >= self._unregister_deadline):
+        elif self.stage is Stage.UNREGISTERING and (registration or self._due(now, self._unregister_deadline)):
             self.stage = Stage.FINISHED
 
     def stop(self, now: float) -> None:
@@ -167,7 +173,7 @@ class Driver:
             if self.call is None:
                 if self.calls_done >= self.plan.repetitions:
                     self._finish(now)
-                elif now >= self.next_call_at:
+                elif self._due(now, self.next_call_at):
                     self._place_call(now)
         elif role == common_pb2.ENDPOINT_ROLE_CALLEE:
             self._take_incoming(now)
@@ -175,16 +181,17 @@ class Driver:
             if self.call is None and expected is not None:
                 if self.calls_done >= expected:
                     self._finish(now)
-                elif self.calls_due_at is not None and now >= self.calls_due_at:
+                elif self.calls_due_at is not None and self._due(now, self.calls_due_at):
                     self.report_error(self.phone, 0, f"{self.calls_done} of the {expected} calls the callers' "
                                       "schedule would place arrived by its end; giving up on the rest")
                     self._finish(now)
-        if self.stage is Stage.ACTIVE and self.end_at is not None and now >= self.end_at:
+        if self.stage is Stage.ACTIVE and self.end_at is not None and self._due(now, self.end_at):
             self.stop(now)
 
     def _place_call(self, now: float) -> None:
         if not self.media_budget.room(now):
-            return  # a later tick places it (see MediaBudget)
+            self.wake_at = now  # a later tick places it (see MediaBudget)
+            return
         record = self.phone.new_call(outgoing=True)
         self.media_budget.track(record)
         self.call, self._acted = record, set()
@@ -264,28 +271,28 @@ class Driver:
                 record.audio_index = index
                 record.meter = CallMeter(call, index)
         if record.confirmed_at is None:
-            if not record.outgoing and self._answer_at is not None and now >= self._answer_at:
+            if not record.outgoing and self._answer_at is not None and self._due(now, self._answer_at):
                 self._answer_at = None
                 self._answer(record, 200)
-            elif record.outgoing and now - record.started >= plan.ring_timeout_s and self._once("cancel"):
+            elif record.outgoing and self._due(now, record.started + plan.ring_timeout_s) and self._once("cancel"):
                 self._code_at_cancel = _last_status(call)
                 _try(lambda: call.hangup(pj.CallOpParam()))
             return
-        talk = now - record.confirmed_at
+        confirmed = record.confirmed_at
         if plan.hold is not None:
-            if talk >= plan.hold.after_s and self._once("hold"):
+            if self._due(now, confirmed + plan.hold.after_s) and self._once("hold"):
                 self._act(lambda: call.setHold(pj.CallOpParam(True)), "hold")
-            if talk >= plan.hold.after_s + plan.hold.duration_s and self._once("unhold"):
+            if self._due(now, confirmed + plan.hold.after_s + plan.hold.duration_s) and self._once("unhold"):
                 param = pj.CallOpParam(True)
                 param.opt.flag = pj.PJSUA_CALL_UNHOLD
                 self._act(lambda: call.reinvite(param), "unhold")
-        if plan.dtmf is not None and talk >= plan.dtmf.after_s and self._once("dtmf"):
+        if plan.dtmf is not None and self._due(now, confirmed + plan.dtmf.after_s) and self._once("dtmf"):
             param = pj.CallSendDtmfParam()
             param.digits = plan.dtmf.digits
             param.method = (pj.PJSUA_DTMF_METHOD_SIP_INFO if plan.dtmf.method == common_pb2.DTMF_METHOD_SIP_INFO
                             else pj.PJSUA_DTMF_METHOD_RFC2833)
             self._act(lambda: call.sendDtmf(param), "DTMF")
-        if record.outgoing and talk >= plan.call_duration_s and self._once("hangup"):
+        if record.outgoing and self._due(now, confirmed + plan.call_duration_s) and self._once("hangup"):
             _try(lambda: call.hangup(pj.CallOpParam()))
 
     def _failure(self, record: CallRecord) -> str:
@@ -314,6 +321,13 @@ class Driver:
             if _try(lambda: self.phone.setRegistration(False)) is None:
                 return
         self.stage = Stage.FINISHED
+
+    def _due(self, now: float, at: float) -> bool:
+        """Whether ``at`` has come; if not, the loop is to wake by then."""
+        if now >= at:
+            return True
+        self.wake_at = min(self.wake_at, at)
+        return False
 
     def _once(self, action: str) -> bool:
         if action in self._acted:

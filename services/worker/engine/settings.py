@@ -37,18 +37,20 @@ class EngineSettings:
     tls_key_file: str = ""
     #: TLS groups: verify the peer's certificate against this CA; empty accepts any certificate.
     tls_ca_file: str = ""
-    #: How long one libHandleEvents call may wait, in ms: the loop's timing resolution and its
-    #: idle cost (docs/engine.md). Media does not depend on it: RTP runs on pjmedia's threads.
-    poll_ms: int = 20
+    #: The longest one libHandleEvents call waits for a SIP event when no timed action is due
+    #: sooner, in ms: how late a command from the supervisor can be read. Timed actions wake the
+    #: loop when due whatever this is (docs/engine.md). Media does not depend on it: RTP runs on
+    #: pjmedia's threads.
+    poll_ms: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> EngineSettings:
         level = env.get("CALLMETER_LOG_LEVEL", "info").lower()
         if level not in LEVELS:
             raise SettingError(f"CALLMETER_LOG_LEVEL: {level!r} is not one of {', '.join(LEVELS)}")
-        poll = env.get("CALLMETER_ENGINE_POLL_MS", "20")
-        if not poll.isdigit() or not 1 <= int(poll) <= 100:
-            raise SettingError(f"CALLMETER_ENGINE_POLL_MS: {poll!r} is not a whole number of ms from 1 to 100")
+        poll = env.get("CALLMETER_ENGINE_POLL_MS", "100")
+        if not poll.isdigit() or not 1 <= int(poll) <= 1000:
+            raise SettingError(f"CALLMETER_ENGINE_POLL_MS: {poll!r} is not a whole number of ms from 1 to 1000")
         files = {name: env.get(f"CALLMETER_ENGINE_{name.upper()}", "") for name in ("tls_cert_file", "tls_key_file", "tls_ca_file")}
         for name, path in files.items():
             if path and not os.path.isfile(path):

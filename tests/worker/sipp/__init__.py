@@ -12,7 +12,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -25,10 +24,11 @@ PCAP = Path("/usr/share/sip-tester/g711a.pcap")
 
 
 def require_sipp(pcap: bool = False) -> None:
+    """Fails (not skips) without SIPp: `make test` installs it, so its absence is a broken install."""
     if not os.access(SIPP, os.X_OK):
-        pytest.skip("sipp is not installed (Debian's sip-tester; make system-deps)")
+        pytest.fail("sipp is not installed (Debian's sip-tester; make system-deps)")
     if pcap and (not PCAP.is_file() or os.geteuid() != 0):
-        pytest.skip("play_pcap_audio needs Debian's g711a.pcap and root (raw socket)")
+        pytest.fail("play_pcap_audio needs Debian's g711a.pcap (make system-deps) and root (raw socket)")
 
 
 def udp_bound(port: int) -> bool:

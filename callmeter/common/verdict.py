@@ -1,4 +1,9 @@
-"""Quality gates against a run summary: the verdict and the reasons. Pure functions."""
+"""Quality gates against a run summary: the metrics a gate may name, the verdict and its reasons.
+
+Pure functions over ``RunSummary`` messages. The api validates gates against ``GATE_METRICS``;
+the orchestrator judges a run's summary with ``judge``, and ``callmeter worker --local`` judges
+its own summary with the same function.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,9 @@ METRICS: dict[str, Callable[[results_pb2.GroupSummary], float | None]] = {
     "registered_pct": lambda g: _pct(g.registered, g.endpoints),
 }
 
+#: The metric names a quality gate may use: GroupSummary fields and ratios of them.
+GATE_METRICS = frozenset(METRICS)
+
 COMPARISONS: dict[int, tuple[str, Callable[[float, float], bool]]] = {
     tests_pb2.COMPARISON_LT: ("<", operator.lt),
     tests_pb2.COMPARISON_LE: ("<=", operator.le),
@@ -35,13 +43,14 @@ COMPARISONS: dict[int, tuple[str, Callable[[float, float], bool]]] = {
 
 
 def gate_text(gate: tests_pb2.QualityGate) -> str:
+    """The gate as written: "mos_avg >= 4" or "group callers: loss_pct < 1"."""
     symbol = COMPARISONS.get(gate.comparison, ("?", None))[0]
     text = f"{gate.metric} {symbol} {gate.threshold:g}"
     return f"group {gate.group}: {text}" if gate.group else text
 
 
 def judge(summary: results_pb2.RunSummary, gates: list[tests_pb2.QualityGate]) -> tuple[int, list[str]]:
-    """Fills summary.gates; returns (Verdict, reasons for a FAIL)."""
+    """Fills summary.gates; returns (Verdict, reasons for a FAIL). No gates is a PASS."""
     groups = {group.group: group for group in summary.groups}
     reasons: list[str] = []
     del summary.gates[:]

@@ -1,0 +1,439 @@
+"""`callmeter worker --local FILE.yaml`: one test file run on this machine, without the platform.
+
+For debugging a test and for the interop tests. The file is read and checked against what this
+machine's SIP engine has (a probe engine reports its codecs and limits), then run exactly as an
+assignment from the gateway would be: the same ``Supervisor`` packs the endpoints on engine
+processes, resolves credentials (``CALLMETER_SECRETS_FILE`` or ``CALLMETER_CREDENTIAL_*``) and
+follows the engines; only the stream to the gateway is replaced by JSON lines on stdout.
+
+Stdout carries JSON lines only, one object per line, told apart by ``type``:
+
+- ``sample``: one endpoint-second, ``{"type", "second", "group", "endpoint", "metrics"}``.
+  ``second`` is the Unix second measured; ``metrics`` is the ``EndpointMetrics`` message with
+  the zero fields left out (as on the wire: a metric that is absent is 0), in the catalog's
+  stored integers (divide by the metric's scale in docs/metrics.md: ``mos`` 412 is 4.12,
+  ``rx_jitter_us`` is microseconds).
+- ``error``: an endpoint error as it happens, ``{"type", "second", "group", "endpoint",
+  "sip_code", "reason"}`` (``second``: when the worker got it).
+- ``summary``: after the run, one per group and last one for the whole run (``group`` ""), in
+  real units, counted as the platform's run summary counts them (services/metrics/queries.py).
+  The last line also has ``run_id``, ``state`` (done, cancelled, failed), the file's quality
+  gates judged as the platform judges them (callmeter/common/verdict.py) on the same numbers:
+  ``verdict`` (pass, fail, or none without gates), ``reasons`` (one per failed gate, as the
+  platform words them), ``gates`` (each ``{"gate", "observed", "passed"}``), and ``exit_code``.
+
+Logs (the worker's and the engines') go to stderr. The run ends when every phone has finished
+its scenario, at ``--duration`` or the file's ``timeout`` after the start, or on SIGINT/SIGTERM
+(a second signal exits 130 at once); the summary is printed, and the gates judged on what was
+measured, in every case. Exit codes: 0 when every gate held (or there were none) and no endpoint
+failed, 1 when a gate failed or an endpoint did (an endpoint error, an engine that died), 2 when
+the run could not start (a bad file, a codec or feature the engine lacks, a missing credential).
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from pydantic import SecretStr
+
+from callmeter.catalog import BY_NAME
+from callmeter.common.codecs import codec_matches, codec_names
+from callmeter.common.errors import CallmeterError, ConfigError, ErrorCode
+from callmeter.common.exit_codes import ExitCode
+from callmeter.common.logging import configure_logging
+from callmeter.common.service import install_signal_handlers, print_config_error
+from callmeter.common.settings import load_settings
+from callmeter.common.testspec import SpecError, load_spec_file, violation
+from callmeter.common.verdict import judge
+from callmeter.v1 import common_pb2, results_pb2, runs_pb2, tests_pb2, workers_pb2
+from services.worker.engines import probe_engine
+from services.worker.settings import WorkerSettings
+from services.worker.supervisor import Supervisor, capacity_from
+
+log = structlog.get_logger(__name__)
+
+# Phones start this long after the assignment, so that every engine is up when they do (the
+# orchestrator gives workers the same lead).
+START_LEAD_S = 1.0
+# How often gathered samples are printed.
+PRINT_INTERVAL_S = 0.25
+GROUP_PREFIX = "group:"
+
+
+def main(spec_path: Path, duration_s: float | None = None, summary_only: bool = False,
+         out: IO[str] | None = None) -> int:
+    """Entry point body of `callmeter worker --local`; returns the exit code."""
+    try:
+        spec = load_spec_file(spec_path)
+        settings = load_settings(WorkerSettings, worker_token=SecretStr("unused in local mode"))
+    except CallmeterError as error:
+        _print_error(error)
+        return ExitCode.ERROR
+    configure_logging("worker", settings.log_level, settings.log_format)
+    try:
+        return asyncio.run(run_local(settings, spec, JsonLines(out or sys.stdout, summary_only), duration_s))
+    except CallmeterError as error:
+        _print_error(error)
+        return ExitCode.ERROR
+
+
+def _print_error(error: CallmeterError) -> None:
+    if isinstance(error, ConfigError):
+        print_config_error(error)
+    else:
+        print(f"callmeter: error: {error.detail}", file=sys.stderr)
+
+
+def check_spec(spec: tests_pb2.TestSpec, capacity: workers_pb2.WorkerCapacity) -> list[common_pb2.FieldViolation]:
+    """What this machine cannot run, each problem with its field path; empty when it can.
+
+    Not the platform's whole validation (services/api/validation.py): what the worker itself
+    must know, the groups and what its SIP engine has.
+    """
+    problems: list[common_pb2.FieldViolation] = []
+    if not spec.groups:
+        problems.append(violation("groups", "a test needs at least one group"))
+    groups = {group.name: group for group in spec.groups}
+    seen: set[str] = set()
+    for i, group in enumerate(spec.groups):
+        path = f"groups[{i}]"
+        if not group.name:
+            problems.append(violation(f"{path}.name", "required"))
+        elif group.name in seen:
+            problems.append(violation(f"{path}.name", f"{group.name!r} is already the name of an earlier group"))
+        seen.add(group.name)
+        if group.count < 1:
+            problems.append(violation(f"{path}.count", f"must be at least 1 (got {group.count})"))
+        if group.role == common_pb2.ENDPOINT_ROLE_UNSPECIFIED:
+            problems.append(violation(f"{path}.role", "required: caller, callee or registrar_only"))
+        call_uri = group.target.call_uri
+        if group.role == common_pb2.ENDPOINT_ROLE_CALLER and call_uri.startswith(GROUP_PREFIX):
+            callee = groups.get(call_uri.removeprefix(GROUP_PREFIX))
+            if callee is None or callee.role != common_pb2.ENDPOINT_ROLE_CALLEE:
+                callees = [name for name, g in groups.items() if g.role == common_pb2.ENDPOINT_ROLE_CALLEE]
+                problems.append(violation(f"{path}.target.call_uri",
+                                          f"{call_uri!r} names no callee group (callee groups: "
+                                          f"{', '.join(callees) or 'none'})"))
+        for j, codec in enumerate(group.codecs):
+            if not any(codec_matches(codec, codec_id) for codec_id in capacity.codecs):
+                problems.append(violation(f"{path}.codecs[{j}]",
+                                          f"codec {codec!r} is not in this machine's SIP engine (it has: "
+                                          f"{', '.join(codec_names(list(capacity.codecs)))})"))
+        transport = group.transport or common_pb2.TRANSPORT_UDP
+        if transport not in capacity.transports:
+            problems.append(violation(f"{path}.transport", f"{_short(common_pb2.Transport, transport)} is not "
+                                                           "supported by this machine's SIP engine"))
+        if group.srtp_keying and group.srtp_keying not in capacity.srtp_keyings:
+            problems.append(violation(f"{path}.srtp_keying", f"{_short(common_pb2.SrtpKeying, group.srtp_keying)} "
+                                                             "is not supported by this machine's SIP engine"))
+        if group.media.wav_path and not os.access(group.media.wav_path, os.R_OK):
+            problems.append(violation(f"{path}.media.wav_path", f"cannot read {group.media.wav_path}"))
+    return problems
+
+
+def _short(enum: EnumTypeWrapper, value: int) -> str:
+    """"TRANSPORT_TLS" -> "tls", as test files write it; a number the contract lacks stays a number."""
+    if value not in enum.values():
+        return str(value)
+    return enum.Name(value).removeprefix(enum.DESCRIPTOR.values[0].name.removesuffix("UNSPECIFIED")).lower()
+
+
+class JsonLines:
+    """Compact JSON objects, one a line, flushed as written. A closed reader stops the run."""
+
+    def __init__(self, stream: IO[str], summary_only: bool = False) -> None:
+        self.stream = stream
+        self.summary_only = summary_only
+        self.closed = False
+        self.on_closed: Callable[[], None] = lambda: None
+
+    def write(self, line: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        try:
+            self.stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+            self.stream.flush()
+        except (BrokenPipeError, ValueError):  # the reader went away (`| head`) or the stream is closed
+            self.closed = True
+            if self.stream is sys.stdout:  # and Python's own flush at exit must not fail again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            log.warning("stdout_closed_stopping")
+            self.on_closed()
+
+
+@dataclass
+class _Totals:
+    """One group's samples (or the run's), reduced to what the summary needs (stored integers).
+
+    Endpoints are keyed by (group, index), so that the run's totals are the groups' merged.
+    """
+
+    calls_attempted: int = 0
+    calls_connected: int = 0
+    calls_failed: int = 0
+    failures_by_code: Counter[int] = field(default_factory=Counter)
+    rx_lost: int = 0
+    rx_packets: int = 0
+    register_attempts: int = 0
+    register_failures: int = 0
+    # (group, endpoint) -> registered in its newest second; its keys are the endpoints that reported
+    registered: dict[tuple[str, int], bool] = field(default_factory=dict)
+    failed_endpoints: set[tuple[str, int]] = field(default_factory=set)
+    errors: int = 0
+    mos: array.array[int] = field(default_factory=lambda: array.array("I"))
+    jitter: array.array[int] = field(default_factory=lambda: array.array("I"))
+    rtt: array.array[int] = field(default_factory=lambda: array.array("I"))
+    setup: array.array[int] = field(default_factory=lambda: array.array("I"))
+
+    def add(self, sample: results_pb2.EndpointSample) -> None:
+        m = sample.metrics
+        self.calls_attempted += m.calls_attempted
+        self.calls_connected += m.calls_connected
+        self.calls_failed += m.calls_failed
+        if m.calls_failed:  # filed as the platform files them (services/metrics/queries.py)
+            self.failures_by_code[m.call_last_code if m.call_last_code >= 300 else 0] += m.calls_failed
+        self.rx_lost += m.rx_lost
+        self.rx_packets += m.rx_packets
+        self.register_attempts += m.register_attempts
+        self.register_failures += m.register_failures
+        self.registered[(sample.group, sample.endpoint)] = m.registered
+        if m.call_active:
+            self.jitter.append(m.rx_jitter_us)
+            if m.mos:  # 0: the E-model has no value yet
+                self.mos.append(m.mos)
+            if m.rtt_us:
+                self.rtt.append(m.rtt_us)
+        if m.calls_connected and m.setup_time_ms:  # each connected call once, however long it lasted
+            self.setup.append(m.setup_time_ms)
+
+    def merge(self, other: _Totals) -> None:
+        for name in ("calls_attempted", "calls_connected", "calls_failed", "rx_lost", "rx_packets",
+                     "register_attempts", "register_failures", "errors"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failures_by_code.update(other.failures_by_code)
+        self.registered.update(other.registered)
+        self.failed_endpoints.update(other.failed_endpoints)
+        for name in ("mos", "jitter", "rtt", "setup"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def group_summary(self, group: str) -> results_pb2.GroupSummary:
+        """The platform's GroupSummary of these samples (services/metrics/queries.py), in real units."""
+        lost_and_received = self.rx_lost + self.rx_packets
+        return results_pb2.GroupSummary(
+            group=group,
+            endpoints=len(self.registered),
+            registered=sum(self.registered.values()),
+            calls_attempted=self.calls_attempted,
+            calls_connected=self.calls_connected,
+            calls_failed=self.calls_failed,
+            failures_by_code=self.failures_by_code,
+            mos_avg=sum(self.mos) / len(self.mos) / BY_NAME["mos"].scale if self.mos else 0.0,
+            mos_min=min(self.mos) / BY_NAME["mos"].scale if self.mos else 0.0,
+            jitter_ms_p95=percentile(self.jitter, 0.95) / BY_NAME["rx_jitter_us"].scale,
+            loss_pct=100.0 * self.rx_lost / lost_and_received if lost_and_received else 0.0,
+            rtt_ms_p95=percentile(self.rtt, 0.95) / BY_NAME["rtt_us"].scale,
+            setup_ms_p95=percentile(self.setup, 0.95) / BY_NAME["setup_time_ms"].scale,
+        )
+
+    def summary_line(self, summary: results_pb2.GroupSummary) -> dict[str, Any]:
+        """A summary line: ``summary`` (this group_summary) and what only local mode counts."""
+        return {
+            "type": "summary",
+            "group": summary.group,
+            "endpoints": summary.endpoints,
+            "endpoints_failed": len(self.failed_endpoints),
+            "errors": self.errors,
+            "registered": summary.registered,
+            "register_attempts": self.register_attempts,
+            "register_failures": self.register_failures,
+            "calls_attempted": summary.calls_attempted,
+            "calls_connected": summary.calls_connected,
+            "calls_failed": summary.calls_failed,
+            "failures_by_code": {str(code): count for code, count in sorted(summary.failures_by_code.items())},
+            "mos_avg": _round(summary.mos_avg),
+            "mos_min": _round(summary.mos_min),
+            "jitter_ms_p95": _round(summary.jitter_ms_p95),
+            "loss_pct": _round(summary.loss_pct),
+            "rtt_ms_p95": _round(summary.rtt_ms_p95),
+            "setup_ms_p50": _round(percentile(self.setup, 0.5) / BY_NAME["setup_time_ms"].scale),
+            "setup_ms_p95": _round(summary.setup_ms_p95),
+        }
+
+
+def percentile(values: Iterable[int], q: float) -> float:
+    """Linear interpolation between closest ranks (NumPy's default, ClickHouse's
+    quantileExactInclusive, as the platform's summary uses); 0 for no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    rank = (len(ordered) - 1) * q
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _round(value: float) -> float:
+    return round(value, 3)
+
+
+@dataclass
+class Verdict:
+    """The file's gates judged: ``name`` pass, fail, or none (the file has no gates)."""
+
+    name: str
+    reasons: list[str]
+
+    @property
+    def failed(self) -> bool:
+        return self.name == "fail"
+
+
+def judge_gates(spec: tests_pb2.TestSpec, summary: results_pb2.RunSummary) -> Verdict:
+    """The platform's verdict on the summary (fills summary.gates)."""
+    if not spec.gates:
+        return Verdict("none", [])
+    verdict, reasons = judge(summary, list(spec.gates))
+    return Verdict(runs_pb2.Verdict.Name(verdict).removeprefix("VERDICT_").lower(), reasons)
+
+
+class LocalOutput:
+    """Stands in for the gateway: prints what the supervisor would send up, acks it at once."""
+
+    def __init__(self, spec: tests_pb2.TestSpec, lines: JsonLines) -> None:
+        self.lines = lines
+        self.totals = {group.name: _Totals() for group in spec.groups}
+        self.status: workers_pb2.AssignmentStatus | None = None
+        self.ack: Callable[[str, int], None] = lambda _run_id, _sequence: None
+
+    def send(self, message: workers_pb2.WorkerMessage) -> None:
+        kind = message.WhichOneof("message")
+        if kind == "metrics":
+            batch = message.metrics
+            for sample in batch.samples:
+                self.sample(sample)
+            self.ack(batch.run_id, batch.sequence)  # nothing to resend: printed is delivered
+        elif kind == "status":
+            self.status = message.status
+            log.debug("assignment_status", state=workers_pb2.AssignmentState.Name(message.status.state),
+                      running=message.status.endpoints_running, failed=message.status.endpoints_failed)
+
+    def sample(self, sample: results_pb2.EndpointSample) -> None:
+        totals = self.totals.get(sample.group)
+        if totals is not None:
+            totals.add(sample)
+        if not self.lines.summary_only:
+            metrics = {f.name: value for f, value in sample.metrics.ListFields()}
+            self.lines.write({"type": "sample", "second": sample.second, "group": sample.group,
+                              "endpoint": sample.endpoint, "metrics": metrics})
+
+    def error(self, _run_id: str, error: workers_pb2.EndpointError) -> None:
+        totals = self.totals.get(error.group)
+        if totals is not None:
+            totals.errors += 1
+            totals.failed_endpoints.add((error.group, error.endpoint))
+        self.lines.write({"type": "error", "second": int(time.time()), "group": error.group,
+                          "endpoint": error.endpoint, "sip_code": error.sip_code, "reason": error.reason})
+
+    def refusal(self) -> str:
+        """Why the supervisor refused the assignment (it sent a failed status with the reason)."""
+        reasons = [e.reason for e in self.status.errors] if self.status is not None else []
+        return "; ".join(reasons) or "the worker refused the run; see the log"
+
+    def run_summary(self, run_id: str) -> tuple[results_pb2.RunSummary, _Totals]:
+        """The platform's RunSummary of the run (groups in the file's order), and the run's totals."""
+        run = _Totals()
+        for totals in self.totals.values():
+            run.merge(totals)
+        summary = results_pb2.RunSummary(run_id=run_id, total=run.group_summary(""), groups=[
+            totals.group_summary(name) for name, totals in self.totals.items()])
+        return summary, run
+
+    def summaries(self, summary: results_pb2.RunSummary, run: _Totals, verdict: Verdict, state: str,
+                  exit_code: int) -> None:
+        """One line per group, then the run's with its verdict."""
+        for group in summary.groups:
+            self.lines.write(self.totals[group.group].summary_line(group))
+        gates = [{"gate": g.gate, "observed": _round(g.observed), "passed": g.passed} for g in summary.gates]
+        self.lines.write({**run.summary_line(summary.total), "run_id": summary.run_id, "state": state,
+                          "verdict": verdict.name, "reasons": verdict.reasons, "gates": gates,
+                          "exit_code": exit_code})
+
+
+def _time_limit(spec: tests_pb2.TestSpec, duration_s: float | None) -> float | None:
+    limits = [limit for limit in (duration_s, spec.timeout.ToNanoseconds() / 1e9 or None) if limit]
+    return min(limits) if limits else None
+
+
+async def run_local(settings: WorkerSettings, spec: tests_pb2.TestSpec, lines: JsonLines,
+                    duration_s: float | None = None) -> int:
+    """Probes the engine, checks the spec, runs it through a Supervisor, prints the summary."""
+    stop = install_signal_handlers()
+    lines.on_closed = stop.set
+    capacity = capacity_from(await probe_engine(), settings.max_engines)
+    if capacity.max_endpoints < 1:
+        raise CallmeterError(ErrorCode.FAILED_PRECONDITION, "no SIP engine could start on this machine; see the log")
+    log.info("capacity", max_endpoints=capacity.max_endpoints, codecs=list(capacity.codecs),
+             engine_max_calls=capacity.engine_max_calls, engine_max_accounts=capacity.engine_max_accounts)
+    problems = check_spec(spec, capacity)
+    if problems:
+        raise SpecError(problems)
+
+    output = LocalOutput(spec, lines)
+    supervisor = Supervisor(settings, capacity, send=output.send, on_error=output.error)
+    output.ack = supervisor.uplink.ack
+    run_id = uuid.uuid4().hex
+    assignment = workers_pb2.Assignment(run_id=run_id, spec=spec, slices=[
+        workers_pb2.EndpointSlice(group=group.name, first_index=0, count=group.count) for group in spec.groups])
+    start_at = time.time() + START_LEAD_S
+    assignment.start_at.FromNanoseconds(int(start_at * 1e9))
+    supervisor.handle(workers_pb2.GatewayMessage(assignment=assignment))
+    task = supervisor.tasks.get(run_id)
+    if task is None:
+        raise CallmeterError(ErrorCode.FAILED_PRECONDITION, output.refusal())
+    log.info("local_run_started", run_id=run_id, spec=spec.name, endpoints=sum(g.count for g in spec.groups))
+
+    async def flush_periodically() -> None:
+        while True:
+            await asyncio.sleep(PRINT_INTERVAL_S)
+            supervisor.flush()
+
+    flusher = asyncio.create_task(flush_periodically())
+    stopped = asyncio.create_task(stop.wait())
+    limit = _time_limit(spec, duration_s)
+    timer: asyncio.Future[None] = (asyncio.create_task(asyncio.sleep(start_at - time.time() + limit)) if limit
+                                   else asyncio.get_running_loop().create_future())  # no limit: never done
+    try:
+        await asyncio.wait({task, stopped, timer}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            reason = ("stdout closed" if lines.closed else "stopped by a signal" if stopped.done()
+                      else f"time limit of {limit:g} s reached")
+            log.info("local_run_stopping", reason=reason)
+            await supervisor.stop(reason)
+    finally:
+        for helper in (flusher, stopped, timer):
+            helper.cancel()
+        supervisor.flush()
+    status = supervisor.finished.get(run_id) or output.status or workers_pb2.AssignmentStatus()
+    summary, run = output.run_summary(run_id)
+    verdict = judge_gates(spec, summary)
+    failed = status.state == workers_pb2.ASSIGNMENT_STATE_FAILED or status.endpoints_failed > 0 or verdict.failed
+    exit_code = ExitCode.RUN_FAILED if failed else ExitCode.OK
+    state = workers_pb2.AssignmentState.Name(status.state).removeprefix("ASSIGNMENT_STATE_").lower()
+    output.summaries(summary, run, verdict, state, int(exit_code))
+    log.info("local_run_ended", run_id=run_id, state=state, endpoints_failed=status.endpoints_failed,
+             verdict=verdict.name)
+    return exit_code
