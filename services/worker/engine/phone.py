@@ -7,6 +7,7 @@ pjsua2 calls these callbacks on the engine's loop thread, from inside libHandleE
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -83,13 +84,13 @@ class PhoneCall(CallEvents, pj.Call):  # CallEvents: the SIP-level callbacks the
         if info.state == pj.PJSIP_INV_STATE_EARLY and record.early_at is None and 180 <= info.lastStatusCode < 190:
             record.early_at = now
             if record.outgoing:
-                self.phone.state.ring_time_ms = _ms(now - record.started)
+                self.phone.state.ring_time_ms = elapsed_ms(now - record.started)
         elif info.state == pj.PJSIP_INV_STATE_CONFIRMED and record.confirmed_at is None:
             record.confirmed_at = now
             record.last_code = info.lastStatusCode
             self.phone.counters.calls_connected += 1
             self.phone.state.call_last_code = info.lastStatusCode
-            self.phone.state.setup_time_ms = _ms(now - record.started)
+            self.phone.state.setup_time_ms = elapsed_ms(now - record.started)
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             record.ended_at = now
             record.reason = info.lastReason
@@ -148,12 +149,14 @@ class Phone(pj.Account):
         state.register_last_code = prm.code
         state.register_reason = prm.reason
         state.register_expires = prm.expiration
-        state.register_time_ms = _ms(time.monotonic() - self._register_started)
+        state.register_time_ms = elapsed_ms(time.monotonic() - self._register_started)
         state.registered = 200 <= prm.code < 300 and prm.expiration > 0
         state.register_done = True
         if not 200 <= prm.code < 300:
             self.counters.register_failures += 1
 
 
-def _ms(seconds: float) -> int:
-    return max(0, round(seconds * 1000))
+def elapsed_ms(seconds: float) -> int:
+    """Whole milliseconds, rounded up: a measured interval is never 0, which on the wire means "not measured"
+    (a REGISTER to a registrar on loopback completes in well under a millisecond)."""
+    return max(1, math.ceil(seconds * 1000))

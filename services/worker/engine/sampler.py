@@ -21,6 +21,7 @@ reports, with RTT/2 + packetization as delay (the far end's jitter buffer is not
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import deque
@@ -30,7 +31,7 @@ import pjsua2 as pj
 
 from callmeter.common import emodel
 from callmeter.v1 import endpoint_metrics_pb2, results_pb2
-from services.worker.engine.phone import CallRecord, Phone
+from services.worker.engine.phone import CallRecord, Phone, elapsed_ms
 
 JB_READ_INTERVAL_S = 0.2
 RTT_WINDOW = 3
@@ -133,7 +134,7 @@ class CallMeter:
         self.first_rtp_seen = False
         record: CallRecord | None = getattr(call, "record", None)  # phone.PhoneCall's
         if record is not None:
-            self.events["media_start_ms"] = _ms(time.monotonic() - record.started)
+            self.events["media_start_ms"] = elapsed_ms(time.monotonic() - record.started)
 
     @property
     def ptime_ms(self) -> int:
@@ -181,6 +182,9 @@ class Sampler:
     def __init__(self, phones: list[Phone]) -> None:
         self.phones = phones
         self._next_jb_read = 0.0
+        #: When poll() next has something to read, as Driver.wake_at (the past: a call awaits its
+        #: first RTP packet, watched on every loop iteration).
+        self.wake_at = math.inf
 
     def poll(self, now: float) -> None:
         """Between samples: watches for the first RTP packet of new calls on every loop iteration,
@@ -188,6 +192,7 @@ class Sampler:
         read_jb = now >= self._next_jb_read
         if read_jb:
             self._next_jb_read = now + JB_READ_INTERVAL_S
+        self.wake_at = self._next_jb_read
         for phone in self.phones:
             for record in phone.records:
                 meter = record.meter
@@ -196,9 +201,12 @@ class Sampler:
                 stat = _live_stat(record)
                 if stat is None:
                     continue
-                if not meter.first_rtp_seen and stat.rtcp.rxStat.pkt > 0:
-                    meter.first_rtp_seen = True
-                    meter.events["first_rtp_ms"] = _ms(now - record.started)
+                if not meter.first_rtp_seen:
+                    if stat.rtcp.rxStat.pkt > 0:
+                        meter.first_rtp_seen = True
+                        meter.events["first_rtp_ms"] = elapsed_ms(now - record.started)
+                    else:
+                        self.wake_at = now
                 if read_jb:
                     meter.read_jb(stat)
 
@@ -424,10 +432,6 @@ def _tenths(value: float) -> int:
 
 def _mos(r: float) -> int:
     return round(emodel.mos_from_r(r) * 100)
-
-
-def _ms(seconds: float) -> int:
-    return max(0, round(seconds * 1000))
 
 
 def _u32(value: int) -> int:
