@@ -169,13 +169,22 @@ JSON_GROUP_FIELDS = ("endpoints", "registered", "calls_attempted", "calls_connec
 
 
 def run_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> dict[str, Any]:
-    """{run_id, state, verdict, groups: [{name, endpoints, …, setup_ms_p95}]}."""
+    """{run_id, state, verdict, reasons, total: {endpoints, …, setup_ms_p95} or null,
+    groups: [{name, endpoints, …}], gates: [{gate, observed, passed}]}."""
     from callmeter.v1 import runs_pb2
 
-    groups = [{"name": g.group, **{field: getattr(g, field) for field in JSON_GROUP_FIELDS}}
-              for g in (summary.groups if summary is not None else [])]
-    return {"run_id": run.id, "state": _state(run), "verdict": short(runs_pb2.Verdict.Name(run.verdict)),
-            "groups": groups}
+    def numbers(group: results_pb2.GroupSummary) -> dict[str, Any]:
+        return {field: getattr(group, field) for field in JSON_GROUP_FIELDS}
+
+    has_total = summary is not None and summary.HasField("total")
+    return {
+        "run_id": run.id, "state": _state(run), "verdict": short(runs_pb2.Verdict.Name(run.verdict)),
+        "reasons": list(run.reasons),
+        "total": numbers(summary.total) if has_total else None,  # type: ignore[union-attr]
+        "groups": [{"name": g.group, **numbers(g)} for g in (summary.groups if summary is not None else [])],
+        "gates": [{"gate": g.gate, "observed": g.observed, "passed": g.passed}
+                  for g in (summary.gates if summary is not None else [])],
+    }
 
 
 def format_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> str:

@@ -24,7 +24,8 @@ def run_to_proto(run: Run, placements: list[RunPlacement] | None = None) -> runs
         state=runs_pb2.RunState.Value(run.state), verdict=runs_pb2.Verdict.Value(run.verdict),
         reasons=list(run.reasons), started_by=run.started_by or "",
         placements=[runs_pb2.Placement(worker_id=p.worker_id, group=p.group_name, first_index=p.first_index,
-                                       count=p.count) for p in placements or []],
+                                       count=p.count, role=common_pb2.EndpointRole.Value(p.role))
+                    for p in placements or []],
     )
     message.created_at.FromDatetime(run.created_at)
     if run.started_at is not None:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from callmeter.v1 import runs_pb2
+from callmeter.v1 import common_pb2, runs_pb2
 
 # Constraint names are part of the schema: Alembic needs them to alter or drop a constraint, and
 # SQLite would otherwise leave them unnamed while PostgreSQL invents its own.
@@ -38,6 +38,7 @@ NAME_LENGTH = 255
 ENUM_NAME_LENGTH = 32  # the longest proto enum name stored today is 26 characters
 
 RUN_STATE_QUEUED = runs_pb2.RunState.Name(runs_pb2.RUN_STATE_QUEUED)
+ROLE_UNSPECIFIED = common_pb2.EndpointRole.Name(common_pb2.ENDPOINT_ROLE_UNSPECIFIED)
 VERDICT_UNSPECIFIED = runs_pb2.Verdict.Name(runs_pb2.VERDICT_UNSPECIFIED)
 
 
@@ -259,6 +260,8 @@ class RunPlacement(Base):
     group_name: Mapped[str] = mapped_column(sa.String(NAME_LENGTH), primary_key=True)
     first_index: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     count: Mapped[int]
+    role: Mapped[str] = mapped_column(sa.String(ENUM_NAME_LENGTH), default=ROLE_UNSPECIFIED,
+                                      server_default=ROLE_UNSPECIFIED)  # EndpointRole name
     state: Mapped[str] = mapped_column(sa.String(ENUM_NAME_LENGTH))
     endpoints_failed: Mapped[int] = mapped_column(default=0)
     errors: Mapped[list[str]] = mapped_column(sa.JSON, default=list)

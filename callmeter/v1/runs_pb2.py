@@ -28,35 +28,35 @@ from callmeter.v1 import results_pb2 as callmeter_dot_v1_dot_results__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61llmeter/v1/runs.proto\x12\x0c\x63\x61llmeter.v1\x1a\x19\x63\x61llmeter/v1/common.proto\x1a\x1a\x63\x61llmeter/v1/results.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x02\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07test_id\x18\x02 \x01(\t\x12\x14\n\x0ctest_version\x18\x03 \x01(\x05\x12\x12\n\nproject_id\x18\x04 \x01(\t\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.callmeter.v1.RunState\x12&\n\x07verdict\x18\x06 \x01(\x0e\x32\x15.callmeter.v1.Verdict\x12\x0f\n\x07reasons\x18\x07 \x03(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nstarted_by\x18\x0b \x01(\t\x12+\n\nplacements\x18\x0c \x03(\x0b\x32\x17.callmeter.v1.Placement\"Q\n\tPlacement\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x13\n\x0b\x66irst_index\x18\x03 \x01(\x05\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\"\xae\x01\n\x0bRunProgress\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.callmeter.v1.RunState\x12\x11\n\telapsed_s\x18\x03 \x01(\x01\x12*\n\x06groups\x18\x04 \x03(\x0b\x32\x1a.callmeter.v1.GroupSummary\x12)\n\x07summary\x18\x05 \x01(\x0b\x32\x18.callmeter.v1.RunSummary\"8\n\x0fStartRunRequest\x12\x0f\n\x07test_id\x18\x01 \x01(\t\x12\x14\n\x0ctest_version\x18\x02 \x01(\x05\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"_\n\x0fListRunsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0f\n\x07test_id\x18\x02 \x01(\t\x12\'\n\x04page\x18\x03 \x01(\x0b\x32\x19.callmeter.v1.PageRequest\"]\n\x10ListRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.callmeter.v1.Run\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.PageResponse\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t*\xce\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_STATE_QUEUED\x10\x01\x12\x19\n\x15RUN_STATE_DISPATCHING\x10\x02\x12\x15\n\x11RUN_STATE_RUNNING\x10\x03\x12\x18\n\x14RUN_STATE_COLLECTING\x10\x04\x12\x16\n\x12RUN_STATE_FINISHED\x10\x05\x12\x14\n\x10RUN_STATE_FAILED\x10\x06\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x07*Y\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x10\n\x0cVERDICT_PASS\x10\x01\x12\x10\n\x0cVERDICT_FAIL\x10\x02\x12\x11\n\rVERDICT_ERROR\x10\x03\x32\xd7\x02\n\nRunService\x12<\n\x08StartRun\x12\x1d.callmeter.v1.StartRunRequest\x1a\x11.callmeter.v1.Run\x12\x38\n\x06GetRun\x12\x1b.callmeter.v1.GetRunRequest\x1a\x11.callmeter.v1.Run\x12I\n\x08ListRuns\x12\x1d.callmeter.v1.ListRunsRequest\x1a\x1e.callmeter.v1.ListRunsResponse\x12\x46\n\x08WatchRun\x12\x1d.callmeter.v1.WatchRunRequest\x1a\x19.callmeter.v1.RunProgress0\x01\x12>\n\tCancelRun\x12\x1e.callmeter.v1.CancelRunRequest\x1a\x11.callmeter.v1.Runb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61llmeter/v1/runs.proto\x12\x0c\x63\x61llmeter.v1\x1a\x19\x63\x61llmeter/v1/common.proto\x1a\x1a\x63\x61llmeter/v1/results.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x02\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07test_id\x18\x02 \x01(\t\x12\x14\n\x0ctest_version\x18\x03 \x01(\x05\x12\x12\n\nproject_id\x18\x04 \x01(\t\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.callmeter.v1.RunState\x12&\n\x07verdict\x18\x06 \x01(\x0e\x32\x15.callmeter.v1.Verdict\x12\x0f\n\x07reasons\x18\x07 \x03(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nstarted_by\x18\x0b \x01(\t\x12+\n\nplacements\x18\x0c \x03(\x0b\x32\x17.callmeter.v1.Placement\"{\n\tPlacement\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x13\n\x0b\x66irst_index\x18\x03 \x01(\x05\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\x12(\n\x04role\x18\x05 \x01(\x0e\x32\x1a.callmeter.v1.EndpointRole\"\xae\x01\n\x0bRunProgress\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.callmeter.v1.RunState\x12\x11\n\telapsed_s\x18\x03 \x01(\x01\x12*\n\x06groups\x18\x04 \x03(\x0b\x32\x1a.callmeter.v1.GroupSummary\x12)\n\x07summary\x18\x05 \x01(\x0b\x32\x18.callmeter.v1.RunSummary\"8\n\x0fStartRunRequest\x12\x0f\n\x07test_id\x18\x01 \x01(\t\x12\x14\n\x0ctest_version\x18\x02 \x01(\x05\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"_\n\x0fListRunsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0f\n\x07test_id\x18\x02 \x01(\t\x12\'\n\x04page\x18\x03 \x01(\x0b\x32\x19.callmeter.v1.PageRequest\"]\n\x10ListRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.callmeter.v1.Run\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.PageResponse\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t*\xce\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_STATE_QUEUED\x10\x01\x12\x19\n\x15RUN_STATE_DISPATCHING\x10\x02\x12\x15\n\x11RUN_STATE_RUNNING\x10\x03\x12\x18\n\x14RUN_STATE_COLLECTING\x10\x04\x12\x16\n\x12RUN_STATE_FINISHED\x10\x05\x12\x14\n\x10RUN_STATE_FAILED\x10\x06\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x07*Y\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x10\n\x0cVERDICT_PASS\x10\x01\x12\x10\n\x0cVERDICT_FAIL\x10\x02\x12\x11\n\rVERDICT_ERROR\x10\x03\x32\xd7\x02\n\nRunService\x12<\n\x08StartRun\x12\x1d.callmeter.v1.StartRunRequest\x1a\x11.callmeter.v1.Run\x12\x38\n\x06GetRun\x12\x1b.callmeter.v1.GetRunRequest\x1a\x11.callmeter.v1.Run\x12I\n\x08ListRuns\x12\x1d.callmeter.v1.ListRunsRequest\x1a\x1e.callmeter.v1.ListRunsResponse\x12\x46\n\x08WatchRun\x12\x1d.callmeter.v1.WatchRunRequest\x1a\x19.callmeter.v1.RunProgress0\x01\x12>\n\tCancelRun\x12\x1e.callmeter.v1.CancelRunRequest\x1a\x11.callmeter.v1.Runb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callmeter.v1.runs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATE']._serialized_start=1126
-  _globals['_RUNSTATE']._serialized_end=1332
-  _globals['_VERDICT']._serialized_start=1334
-  _globals['_VERDICT']._serialized_end=1423
+  _globals['_RUNSTATE']._serialized_start=1168
+  _globals['_RUNSTATE']._serialized_end=1374
+  _globals['_VERDICT']._serialized_start=1376
+  _globals['_VERDICT']._serialized_end=1465
   _globals['_RUN']._serialized_start=130
   _globals['_RUN']._serialized_end=509
   _globals['_PLACEMENT']._serialized_start=511
-  _globals['_PLACEMENT']._serialized_end=592
-  _globals['_RUNPROGRESS']._serialized_start=595
-  _globals['_RUNPROGRESS']._serialized_end=769
-  _globals['_STARTRUNREQUEST']._serialized_start=771
-  _globals['_STARTRUNREQUEST']._serialized_end=827
-  _globals['_GETRUNREQUEST']._serialized_start=829
-  _globals['_GETRUNREQUEST']._serialized_end=860
-  _globals['_LISTRUNSREQUEST']._serialized_start=862
-  _globals['_LISTRUNSREQUEST']._serialized_end=957
-  _globals['_LISTRUNSRESPONSE']._serialized_start=959
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1052
-  _globals['_WATCHRUNREQUEST']._serialized_start=1054
-  _globals['_WATCHRUNREQUEST']._serialized_end=1087
-  _globals['_CANCELRUNREQUEST']._serialized_start=1089
-  _globals['_CANCELRUNREQUEST']._serialized_end=1123
-  _globals['_RUNSERVICE']._serialized_start=1426
-  _globals['_RUNSERVICE']._serialized_end=1769
+  _globals['_PLACEMENT']._serialized_end=634
+  _globals['_RUNPROGRESS']._serialized_start=637
+  _globals['_RUNPROGRESS']._serialized_end=811
+  _globals['_STARTRUNREQUEST']._serialized_start=813
+  _globals['_STARTRUNREQUEST']._serialized_end=869
+  _globals['_GETRUNREQUEST']._serialized_start=871
+  _globals['_GETRUNREQUEST']._serialized_end=902
+  _globals['_LISTRUNSREQUEST']._serialized_start=904
+  _globals['_LISTRUNSREQUEST']._serialized_end=999
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1001
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1094
+  _globals['_WATCHRUNREQUEST']._serialized_start=1096
+  _globals['_WATCHRUNREQUEST']._serialized_end=1129
+  _globals['_CANCELRUNREQUEST']._serialized_start=1131
+  _globals['_CANCELRUNREQUEST']._serialized_end=1165
+  _globals['_RUNSERVICE']._serialized_start=1468
+  _globals['_RUNSERVICE']._serialized_end=1811
 # @@protoc_insertion_point(module_scope)

@@ -72,16 +72,18 @@ class Run(_message.Message):
     def __init__(self, id: _Optional[str] = ..., test_id: _Optional[str] = ..., test_version: _Optional[int] = ..., project_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., reasons: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_by: _Optional[str] = ..., placements: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ...) -> None: ...
 
 class Placement(_message.Message):
-    __slots__ = ("worker_id", "group", "first_index", "count")
+    __slots__ = ("worker_id", "group", "first_index", "count", "role")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     group: str
     first_index: int
     count: int
-    def __init__(self, worker_id: _Optional[str] = ..., group: _Optional[str] = ..., first_index: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+    role: _common_pb2.EndpointRole
+    def __init__(self, worker_id: _Optional[str] = ..., group: _Optional[str] = ..., first_index: _Optional[int] = ..., count: _Optional[int] = ..., role: _Optional[_Union[_common_pb2.EndpointRole, str]] = ...) -> None: ...
 
 class RunProgress(_message.Message):
     __slots__ = ("run_id", "state", "elapsed_s", "groups", "summary")

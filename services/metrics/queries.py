@@ -59,16 +59,25 @@ def _p95(column: str) -> str:
 
 _MOS_SCALE = BY_NAME["mos"].scale
 
+# A call between two of the run's groups is counted by both: attempted by the caller, and as an
+# incoming call by the callee. The run's call counts are therefore the placing groups' (those not
+# among the run's answering groups), unless they placed none: callees answering an outside caller.
+_PLACING = "NOT has(answering_groups, `group`)"
+
 _SUMMARY_SQL = f"""
 SELECT run_id, `group`, grouping(`group`) AS is_total,
   sum(calls_attempted), sum(calls_connected), sum(calls_failed), sumMap(failures_by_code),
+  sumIf(calls_attempted, {_PLACING}), sumIf(calls_connected, {_PLACING}), sumIf(calls_failed, {_PLACING}),
+  sumMapIf(failures_by_code, {_PLACING}),
   ifNotFinite(sum(mos_sum) / sum(mos_count) / {_MOS_SCALE}, 0),
   minIf(mos_min, mos_count > 0) / {_MOS_SCALE},
   {_p95('jitter_ms')},
   sum(rx_lost), sum(rx_packets),
   {_p95('rtt_ms')},
   {_p95('setup_ms')}
-FROM {GROUP_SECONDS_TABLE} FINAL
+FROM {GROUP_SECONDS_TABLE} AS rollup FINAL
+LEFT JOIN (SELECT run_id, argMax(answering_groups, started_at) AS answering_groups FROM {RUNS_TABLE}
+           WHERE run_id IN {{runs:Array(String)}} GROUP BY run_id) AS runs USING (run_id)
 WHERE run_id IN {{runs:Array(String)}}
 GROUP BY GROUPING SETS ((run_id, `group`), (run_id))
 """
@@ -93,9 +102,11 @@ def group_summaries(client, run_ids: Sequence[str]) -> dict[str, dict[str, resul
         key = "" if is_total else group
         return found.setdefault(run_id, {}).setdefault(key, results_pb2.GroupSummary(group=key))
 
-    for (run_id, group, is_total, attempted, connected, failed, by_code, mos_avg, mos_min, jitter_p95,
+    for (run_id, group, is_total, attempted, connected, failed, by_code, *placed, mos_avg, mos_min, jitter_p95,
          lost, received, rtt_p95, setup_p95) in client.query(_SUMMARY_SQL, parameters=params).result_rows:
         s = summary(run_id, group, is_total)
+        if is_total and placed[0]:
+            attempted, connected, failed, by_code = placed
         s.calls_attempted, s.calls_connected, s.calls_failed = attempted, connected, failed
         s.failures_by_code.update(by_code)
         s.mos_avg, s.mos_min, s.jitter_ms_p95 = mos_avg, mos_min, jitter_p95

@@ -2,7 +2,9 @@
 
 metrics-ingest knows runs only by id. The orchestrator publishes a serialized callmeter.v1.Run
 on ``callmeter.runs.started`` when a run starts executing; this consumer stores
-(run_id, test_id, started_at) in run_tests, acking each notice after the insert.
+(run_id, test_id, started_at, answering_groups) in run_tests, acking each notice after the insert.
+The answering groups (callees, from the placements' roles) are what the run's call totals leave
+out when it has callers (services/metrics/queries.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from callmeter.v1 import runs_pb2
+from callmeter.v1 import common_pb2, runs_pb2
 from services.metrics.backoff import retry_until_stopped, stopped_within
 from services.metrics.deadletter import dead_letter
 from services.metrics.settings import MetricsSettings
@@ -35,8 +37,8 @@ FETCH_BATCH = 100
 FETCH_WAIT_S = 1.0
 
 
-def run_row(payload: bytes) -> tuple[str, str, int] | str:
-    """(run_id, test_id, started_at) from a notice, or why it is unusable."""
+def run_row(payload: bytes) -> tuple[str, str, int, list[str]] | str:
+    """(run_id, test_id, started_at, answering_groups) from a notice, or why it is unusable."""
     run = runs_pb2.Run()
     try:
         run.ParseFromString(payload)
@@ -45,7 +47,8 @@ def run_row(payload: bytes) -> tuple[str, str, int] | str:
     if not run.id or not run.test_id:
         return f"id {run.id!r} and test_id {run.test_id!r} must both be set"
     started = run.started_at.seconds or run.created_at.seconds or int(time.time())
-    return run.id, run.test_id, started
+    answering = sorted({p.group for p in run.placements if p.role == common_pb2.ENDPOINT_ROLE_CALLEE})
+    return run.id, run.test_id, started, answering
 
 
 class RunNotices(PullConsumer):

@@ -92,9 +92,11 @@ def protobuf_row_schema(metrics: Sequence[Metric] = METRICS) -> str:
 
 
 RUNS_TABLE_DDL = (
-    f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} (run_id String, test_id String, started_at DateTime)\n"
-    "ENGINE = ReplacingMergeTree ORDER BY (test_id, run_id)"
+    f"CREATE TABLE IF NOT EXISTS {RUNS_TABLE} (run_id String, test_id String, started_at DateTime, "
+    "answering_groups Array(String))\nENGINE = ReplacingMergeTree ORDER BY (test_id, run_id)"
 )
+# Stores made before the runs' answering groups were kept.
+RUNS_TABLE_MIGRATION = f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS answering_groups Array(String)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,6 +243,7 @@ def ensure_schema(client, ttl_days: int, metrics: Sequence[Metric] = METRICS) ->
     """
     client.command(samples_table_ddl(ttl_days, metrics))
     client.command(RUNS_TABLE_DDL)
+    client.command(RUNS_TABLE_MIGRATION)
     existing = {row[0] for row in client.query(
         "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = {table:String}",
         parameters={"table": SAMPLES_TABLE}).result_rows}

@@ -90,7 +90,7 @@ def refresh_rollups(client, keys: Sequence[tuple[str, str, int]]) -> None:  # ty
         client.command(statement, parameters=parameters)
 
 
-def insert_runs(client, rows: Sequence[tuple[str, str, int]]) -> None:  # type: ignore[no-untyped-def]
-    """Rows of (run_id, test_id, started_at unix seconds)."""
+def insert_runs(client, rows: Sequence[tuple[str, str, int, list[str]]]) -> None:  # type: ignore[no-untyped-def]
+    """Rows of (run_id, test_id, started_at unix seconds, answering_groups)."""
     client.insert(RUNS_TABLE, [list(column) for column in zip(*rows, strict=True)],
-                  column_names=["run_id", "test_id", "started_at"], column_oriented=True)
+                  column_names=["run_id", "test_id", "started_at", "answering_groups"], column_oriented=True)

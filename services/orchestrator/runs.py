@@ -18,7 +18,7 @@ from callmeter.common.errors import CallmeterError, ErrorCode
 from callmeter.common.verdict import judge
 from callmeter.state.convert import run_to_proto
 from callmeter.state.models import Run, RunPlacement, TestVersion, Worker, utcnow
-from callmeter.v1 import results_pb2, runs_pb2, tests_pb2, workers_pb2
+from callmeter.v1 import common_pb2, results_pb2, runs_pb2, tests_pb2, workers_pb2
 from services.orchestrator.placement import Candidate, place
 
 RUN = runs_pb2.RunState.Name
@@ -84,15 +84,18 @@ def submit(sessions: sessionmaker[Session], run_id: str) -> runs_pb2.Run:
             raise CallmeterError(ErrorCode.NOT_FOUND, f"no run {run_id!r}")
         if run.state != RUN(runs_pb2.RUN_STATE_QUEUED):
             return run_to_proto(run, _placements(session, run_id))  # submitted before: idempotent
+        spec = _spec(session, run)
         try:
-            slices = place(_spec(session, run), _candidates(session))
+            slices = place(spec, _candidates(session))
         except CallmeterError as error:
             run.state, run.verdict = RUN(runs_pb2.RUN_STATE_FAILED), runs_pb2.Verdict.Name(runs_pb2.VERDICT_ERROR)
             run.reasons, run.ended_at = [error.detail], utcnow()
             return run_to_proto(run)
+        roles = {group.name: common_pb2.EndpointRole.Name(group.role) for group in spec.groups}
         for piece in slices:
             session.add(RunPlacement(run_id=run.id, worker_id=piece.worker_id, group_name=piece.group,
-                                     first_index=piece.first_index, count=piece.count, state=PENDING))
+                                     first_index=piece.first_index, count=piece.count, role=roles[piece.group],
+                                     state=PENDING))
         run.state = RUN(runs_pb2.RUN_STATE_DISPATCHING)
         session.flush()
         return run_to_proto(run, _placements(session, run_id))

@@ -56,9 +56,10 @@ def admit_worker(sessions: sessionmaker[Session], request: orchestrator_pb2.Admi
 def record_events(sessions: sessionmaker[Session], request: orchestrator_pb2.ReportWorkerEventsRequest) -> list[str]:
     """Applies heartbeats, goodbyes and disconnects; returns this gateway's workers whose token was revoked.
 
-    A disconnect from a gateway replica other than the worker's current one is stale: the worker
-    reconnected to another replica (recorded by its admission there) before the old replica saw
-    its stream end, and stays as it is."""
+    A heartbeat, goodbye or disconnect from a gateway replica other than the worker's current one
+    is stale: the worker reconnected to another replica (recorded by its admission there) before
+    the old replica saw its stream end, and stays as it is. Run status is applied from any replica:
+    it is about the run, whichever stream carried it."""
     reporter = request.gateway_id[:MAX_NAME]
     with sessions.begin() as session:
         for event in request.events:
@@ -66,16 +67,18 @@ def record_events(sessions: sessionmaker[Session], request: orchestrator_pb2.Rep
             if worker is None:
                 continue
             kind = event.WhichOneof("event")
-            if kind == "heartbeat":
+            if kind == "status":
+                record_status(session, worker.id, event.status)
+            elif worker.gateway_id != reporter:
+                continue
+            elif kind == "heartbeat":
                 worker.last_heartbeat = utcnow()
                 worker.running_endpoints = max(0, event.heartbeat.running_endpoints)
                 if event.heartbeat.state in CLAIMABLE_STATES:
                     worker.state = STATE(event.heartbeat.state)
-            elif kind == "status":
-                record_status(session, worker.id, event.status)
             elif kind == "goodbye":
                 worker.state = STATE(workers_pb2.WORKER_STATE_DRAINING)
-            elif kind == "disconnected" and worker.gateway_id == reporter:
+            elif kind == "disconnected":
                 worker.state = STATE(workers_pb2.WORKER_STATE_OFFLINE)
                 worker.running_endpoints = 0
         revoked = session.scalars(

@@ -316,6 +316,7 @@ class LocalOutput:
     def __init__(self, spec: tests_pb2.TestSpec, lines: JsonLines) -> None:
         self.lines = lines
         self.totals = {group.name: _Totals() for group in spec.groups}
+        self.answering = {group.name for group in spec.groups if group.role == common_pb2.ENDPOINT_ROLE_CALLEE}
         self.status: workers_pb2.AssignmentStatus | None = None
         self.ack: Callable[[str, int], None] = lambda _run_id, _sequence: None
 
@@ -354,10 +355,18 @@ class LocalOutput:
         return "; ".join(reasons) or "the worker refused the run; see the log"
 
     def run_summary(self, run_id: str) -> tuple[results_pb2.RunSummary, _Totals]:
-        """The platform's RunSummary of the run (groups in the file's order), and the run's totals."""
-        run = _Totals()
-        for totals in self.totals.values():
+        """The platform's RunSummary of the run (groups in the file's order), and the run's totals.
+
+        As on the platform (services/metrics/queries.py), the run's call counts are the placing
+        groups' when they placed any: a call between two groups is counted at both ends."""
+        run, placing = _Totals(), _Totals()
+        for name, totals in self.totals.items():
             run.merge(totals)
+            if name not in self.answering:
+                placing.merge(totals)
+        if placing.calls_attempted:
+            run.calls_attempted, run.calls_connected = placing.calls_attempted, placing.calls_connected
+            run.calls_failed, run.failures_by_code = placing.calls_failed, placing.failures_by_code
         summary = results_pb2.RunSummary(run_id=run_id, total=run.group_summary(""), groups=[
             totals.group_summary(name) for name, totals in self.totals.items()])
         return summary, run

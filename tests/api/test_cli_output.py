@@ -30,15 +30,21 @@ def fabricated() -> tuple[runs_pb2.Run, results_pb2.RunSummary]:
 def test_json_has_exactly_the_documented_shape() -> None:
     run, summary = fabricated()
     data = json.loads(json.dumps(run_json(run, summary)))
-    assert list(data) == ["run_id", "state", "verdict", "groups"]
+    assert list(data) == ["run_id", "state", "verdict", "reasons", "total", "groups", "gates"]
     assert (data["run_id"], data["state"], data["verdict"]) == ("r1", "finished", "fail")
+    assert data["reasons"] == ["group callers: calls_failed_pct == 0 (observed 5)"]
+    assert data["total"] is None, "no total in the summary"
+    assert data["gates"] == [{"gate": "mos_avg >= 4.0", "observed": 4.21, "passed": True},
+                             {"gate": "group callers: calls_failed_pct == 0", "observed": 5.0, "passed": False}]
     assert data["groups"][0] == {
         "name": "callers", "endpoints": 10, "registered": 10, "calls_attempted": 20, "calls_connected": 19,
         "mos_avg": 4.21, "mos_min": 3.5, "jitter_ms_p95": 4.5, "loss_pct": 0.25, "rtt_ms_p95": 12.0,
         "setup_ms_p95": 180.0,
     }
     assert [g["name"] for g in data["groups"]] == ["callers", "callees"]
-    assert run_json(run, None)["groups"] == []
+    summary.total.CopyFrom(summary.groups[0])
+    assert run_json(run, summary)["total"] == {k: v for k, v in data["groups"][0].items() if k != "name"}
+    assert (run_json(run, None)["groups"], run_json(run, None)["gates"], run_json(run, None)["total"]) == ([], [], None)
 
 
 def test_junit_has_a_case_per_gate_and_a_failure_where_it_did_not_hold() -> None:

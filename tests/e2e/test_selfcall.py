@@ -135,6 +135,9 @@ def assert_good_call_result(result: subprocess.CompletedProcess[str]) -> dict:  
         assert group["endpoints"] == 2 and group["calls_connected"] == 2, group
         assert 3.5 <= group["mos_avg"] <= 4.5, group
         assert group["loss_pct"] < 1, group
+    # Two calls, each counted by its caller and its callee; the run counts them once.
+    assert (summary["total"]["calls_attempted"], summary["total"]["calls_connected"]) == (2, 2), summary["total"]
+    assert summary["gates"] == [{"gate": "mos_avg >= 3.5", "observed": summary["total"]["mos_avg"], "passed": True}]
     return summary
 
 

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from callmeter.catalog import BY_NAME
 from callmeter.common.stores.nats import EmbeddedNats
-from callmeter.v1 import runs_pb2
+from callmeter.v1 import common_pb2, runs_pb2
 from services.metrics import queries
 from services.metrics.store import MetricsStore, insert_samples
 from services.metrics.stream import DEADLETTER_STREAM, METRICS_CONSUMER, METRICS_STREAM, REASON_HEADER, SUBJECT_HEADER
@@ -234,6 +234,34 @@ def test_run_start_notices_feed_the_trend(tmp_path: Path, nats_server: EmbeddedN
             letters = await js.pull_subscribe("callmeter.deadletter.runs", stream=DEADLETTER_STREAM)
             [letter] = await letters.fetch(1, timeout=2)
             assert letter.headers[REASON_HEADER].startswith("invalid_run_notice")
+            await nc.close()
+
+    run(body())
+
+
+def test_a_notices_callee_groups_are_left_out_of_the_runs_call_count(tmp_path: Path, nats_server: EmbeddedNats) -> None:
+    """Five calls from "out" to "in" are reported by both groups; the run (and its trend) counts five."""
+    notice = runs_pb2.Run(id="selfcall", test_id="t3", started_at=Timestamp(seconds=BASE_SECOND), placements=[
+        runs_pb2.Placement(worker_id="w1", group="out", count=5, role=common_pb2.ENDPOINT_ROLE_CALLER),
+        runs_pb2.Placement(worker_id="w1", group="in", count=5, role=common_pb2.ENDPOINT_ROLE_CALLEE)])
+
+    async def body() -> None:
+        async with running_ingest(ingest_settings(tmp_path, nats_server.url)) as ingest:
+            nc = await nats.connect(nats_server.url)
+            js = nc.jetstream()
+            await js.publish("callmeter.runs.started", notice.SerializeToString())
+            for sequence, group in enumerate(("out", "in")):
+                await publish(js, make_batch("selfcall", "w1", sequence, group, range(5), BASE_SECOND, calls_attempted=1))
+
+            async def stored():  # type: ignore[no-untyped-def]
+                """The notice (the trend knows the run) and both groups' samples."""
+                summary = await ingest.store.call(queries.run_summary, "selfcall", ["out", "in"])
+                both = [(g.group, g.calls_attempted) for g in summary.groups] == [("out", 5), ("in", 5)]
+                known = await ingest.store.call(queries.trend, "t3", "calls_attempted", 10)
+                return (summary, known) if both and known else None
+
+            summary, [point] = await eventually(stored, message="the notice and both groups stored")
+            assert (summary.total.calls_attempted, point.value) == (5, 5)
             await nc.close()
 
     run(body())

@@ -17,7 +17,7 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from callmeter.common.stores.nats import EmbeddedNats
 from services.metrics import queries
 from services.metrics.schema import GROUP_SECONDS_TABLE, SAMPLES_TABLE
-from services.metrics.store import MetricsStore, refresh_rollups
+from services.metrics.store import MetricsStore, insert_runs, refresh_rollups
 from services.metrics.stream import METRICS_CONSUMER, METRICS_STREAM
 from tests.metrics.helpers import (
     BASE_SECOND,
@@ -92,6 +92,38 @@ def test_the_rollup_gives_the_raw_rows_exact_quantiles_and_counts(tmp_path: Path
                 assert (s.endpoints, s.calls_attempted, s.calls_failed) == (endpoints, attempted, failed)
                 assert s.loss_pct == 100.0 * lost / (received + lost)
             assert await store.call(rollup_rows, "exact") == (len(GROUPS) * SECONDS, len(data["group"]))
+        finally:
+            await store.close()
+
+    run(body())
+
+
+def test_the_runs_call_counts_leave_out_its_answering_groups(tmp_path: Path) -> None:
+    """A call from "callers" to "callees" is counted at both ends; the run counts it once, from the
+    callers. A run whose only calls are answered (from an outside caller) counts them at the callees,
+    and a run with no notice (roles unknown) counts every group, as before roles were kept."""
+    data = dataset()
+    callers = data["group"] == "callers"
+    everything = np.ones(len(callers), dtype=bool)
+    placed = expected_summary(data, callers)
+    call_fields = ("calls_attempted", "calls_connected", "calls_failed", "failures_by_code")
+
+    async def body() -> None:
+        store = MetricsStore(f"chdb://{tmp_path / 'metrics'}", ttl_days=30)
+        await store.open()
+        try:
+            for run_id in ("self-call", "answering-only", "no-notice"):
+                await store.call(store_dataset, run_id, data, run_id)
+            await store.call(insert_runs, [("self-call", "t", BASE_SECOND, ["callees"]),
+                                           ("answering-only", "t", BASE_SECOND, ["callers", "callees"])])
+            self_call = await store.call(summary_by_group, "self-call")
+            assert {f: self_call[""][f] for f in call_fields} == {f: placed[f] for f in call_fields}
+            assert placed["calls_attempted"] < expected_summary(data, everything)["calls_attempted"]
+            # Media is measured at both ends: both ends count. Groups are each their own.
+            assert self_call == {**expected_by_group(data, everything),
+                                 "": {**expected_summary(data, everything), **{f: placed[f] for f in call_fields}}}
+            for run_id in ("answering-only", "no-notice"):
+                assert await store.call(summary_by_group, run_id) == expected_by_group(data, everything)
         finally:
             await store.close()
 

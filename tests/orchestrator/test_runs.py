@@ -85,8 +85,12 @@ def good_summary(run_id: str) -> results_pb2.RunSummary:
 def test_a_run_goes_from_queued_to_finished_with_a_verdict(sessions: sessionmaker[Session]) -> None:
     run_id = new_run(sessions)
     worker_id = admit(sessions, "w1", max_endpoints=8)
-    assert runs.submit(sessions, run_id).state == runs_pb2.RUN_STATE_DISPATCHING
-    assert runs.submit(sessions, run_id).state == runs_pb2.RUN_STATE_DISPATCHING  # idempotent
+    submitted = runs.submit(sessions, run_id)
+    assert submitted.state == runs_pb2.RUN_STATE_DISPATCHING
+    # Each placement carries its group's role: metrics-ingest counts the run's calls from it.
+    assert sorted((p.group, p.role) for p in submitted.placements) == [
+        ("callees", common_pb2.ENDPOINT_ROLE_CALLEE), ("callers", common_pb2.ENDPOINT_ROLE_CALLER)]
+    assert runs.submit(sessions, run_id) == submitted  # idempotent
 
     [dispatch] = runs.pending_dispatches(sessions)
     assert dispatch.worker_id == worker_id

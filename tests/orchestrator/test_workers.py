@@ -59,3 +59,23 @@ def test_a_disconnect_from_the_workers_own_replica_puts_it_offline(sessions: ses
     assert record(sessions, worker_id) == ("gw-1", "WORKER_STATE_OFFLINE")
     with sessions() as session:
         assert session.get(Worker, worker_id).running_endpoints == 0  # type: ignore[union-attr]
+
+
+def test_a_late_heartbeat_or_goodbye_from_the_old_replica_is_ignored(sessions: sessionmaker[Session]) -> None:  # noqa: F811
+    """gw-1 still holds the worker's old, half-open stream and reports what it read last: a BUSY
+    heartbeat and a goodbye. The worker is ONLINE on gw-2 and stays so."""
+    secret = token(sessions)
+    worker_id = connect(sessions, secret, "gw-1")
+    assert connect(sessions, secret, "gw-2") == worker_id
+    stale = [
+        orchestrator_pb2.WorkerEvent(worker_id=worker_id, heartbeat=workers_pb2.Heartbeat(
+            running_endpoints=4, state=workers_pb2.WORKER_STATE_BUSY)),
+        orchestrator_pb2.WorkerEvent(worker_id=worker_id, goodbye=workers_pb2.Goodbye(reason="SIGTERM")),
+    ]
+    workers.record_events(sessions, orchestrator_pb2.ReportWorkerEventsRequest(gateway_id="gw-1", events=stale))
+    assert record(sessions, worker_id) == ("gw-2", "WORKER_STATE_ONLINE")
+    with sessions() as session:
+        assert session.get(Worker, worker_id).running_endpoints == 0  # type: ignore[union-attr]
+    # The same goodbye through the worker's own replica counts.
+    workers.record_events(sessions, orchestrator_pb2.ReportWorkerEventsRequest(gateway_id="gw-2", events=stale[1:]))
+    assert record(sessions, worker_id) == ("gw-2", "WORKER_STATE_DRAINING")
