@@ -31,7 +31,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--api", help="API address host:port (default: CALLMETER_API or the profile)")
     parser.add_argument("--project", default="", help="project id (default: the token's only project)")
     parser.add_argument("--wait", action="store_true", help="follow the run to its end; exit by its verdict")
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object (state, verdict, reasons, total, groups, gates)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the result as one JSON object (state, verdict, reasons, total, groups, gates)")
     parser.add_argument("--junit", type=Path, metavar="PATH", help="with --wait: write JUnit XML, a case per gate")
     parser.add_argument("--timeout", type=float, metavar="S",
                         help="with --wait: give up after S seconds, cancel the run and exit 2")
