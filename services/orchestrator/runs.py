@@ -137,10 +137,20 @@ def mark_delivery(sessions: sessionmaker[Session], dispatch: Dispatch, delivered
             run.state, run.started_at = RUN(runs_pb2.RUN_STATE_RUNNING), utcnow()
 
 
-def record_status(session: Session, worker_id: str, status: workers_pb2.AssignmentStatus) -> None:
-    """A worker's report on its part of a run (called inside the events transaction)."""
-    placements = session.scalars(sa.select(RunPlacement).where(
-        RunPlacement.run_id == status.run_id, RunPlacement.worker_id == worker_id))
+#: Assignment states of a part the worker is still executing.
+WORKER_EXECUTING = (workers_pb2.ASSIGNMENT_STATE_ACCEPTED, workers_pb2.ASSIGNMENT_STATE_RUNNING)
+
+
+def record_status(session: Session, worker_id: str, status: workers_pb2.AssignmentStatus) -> bool:
+    """A worker's report on its part of a run (called inside the events transaction).
+
+    True if the worker is executing a part the platform no longer has running: a run cancelled, timed
+    out or given up on as "worker lost" while the worker was disconnected (the cancel found no
+    gateway holding it), or a run unknown here. Its status, resent after the reconnect, says so;
+    the caller cancels that part again."""
+    placements = list(session.scalars(sa.select(RunPlacement).where(
+        RunPlacement.run_id == status.run_id, RunPlacement.worker_id == worker_id)))
+    stray = status.state in WORKER_EXECUTING and all(p.state in TERMINAL for p in placements)
     new_errors = [f"{e.group}[{e.endpoint}]: {e.reason}" + (f" (SIP {e.sip_code})" if e.sip_code else "")
                   for e in status.errors]
     for placement in placements:
@@ -150,6 +160,7 @@ def record_status(session: Session, worker_id: str, status: workers_pb2.Assignme
         placement.endpoints_failed = min(placement.count, status.endpoints_failed)
         placement.errors = [*placement.errors, *new_errors][:MAX_ERRORS_KEPT]
         new_errors = []  # recorded once per worker, on its first placement
+    return stray
 
 
 def advance(sessions: sessionmaker[Session], now: datetime, lost_after_s: float,

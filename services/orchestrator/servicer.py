@@ -7,7 +7,7 @@ import asyncio
 import grpc
 
 from callmeter.common.errors import grpc_errors
-from callmeter.v1 import orchestrator_pb2, orchestrator_pb2_grpc, runs_pb2
+from callmeter.v1 import orchestrator_pb2, orchestrator_pb2_grpc, runs_pb2, workers_pb2
 from services.orchestrator import runs, workers
 from services.orchestrator.conductor import Conductor
 
@@ -43,7 +43,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     @grpc_errors
     async def ReportWorkerEvents(self, request: orchestrator_pb2.ReportWorkerEventsRequest,  # noqa: N802
                                  context: grpc.aio.ServicerContext) -> orchestrator_pb2.ReportWorkerEventsResponse:
-        revoked = await asyncio.to_thread(workers.record_events, self.sessions, request)
+        recorded = await asyncio.to_thread(workers.record_events, self.sessions, request)
         if any(event.WhichOneof("event") == "status" for event in request.events):
             self.conductor.wake.set()
-        return orchestrator_pb2.ReportWorkerEventsResponse(revoked_worker_ids=revoked)
+        for worker_id, run_id in recorded.stray:
+            await self.conductor.send_cancel(runs.Dispatch(run_id, worker_id, workers_pb2.Assignment(run_id=run_id)),
+                                             "this part of the run has ended on the platform")
+        return orchestrator_pb2.ReportWorkerEventsResponse(revoked_worker_ids=recorded.revoked)

@@ -5,6 +5,7 @@ Plain functions over a SQLAlchemy session factory, so they are tested without gR
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -53,14 +54,23 @@ def admit_worker(sessions: sessionmaker[Session], request: orchestrator_pb2.Admi
         return worker_to_proto(worker)
 
 
-def record_events(sessions: sessionmaker[Session], request: orchestrator_pb2.ReportWorkerEventsRequest) -> list[str]:
-    """Applies heartbeats, goodbyes and disconnects; returns this gateway's workers whose token was revoked.
+@dataclass(frozen=True)
+class Recorded:
+    #: This gateway's workers whose token was revoked.
+    revoked: list[str]
+    #: (worker id, run id) of parts workers execute that the platform has ended (runs.record_status).
+    stray: list[tuple[str, str]]
+
+
+def record_events(sessions: sessionmaker[Session], request: orchestrator_pb2.ReportWorkerEventsRequest) -> Recorded:
+    """Applies heartbeats, statuses, goodbyes and disconnects.
 
     A heartbeat, goodbye or disconnect from a gateway replica other than the worker's current one
     is stale: the worker reconnected to another replica (recorded by its admission there) before
     the old replica saw its stream end, and stays as it is. Run status is applied from any replica:
     it is about the run, whichever stream carried it."""
     reporter = request.gateway_id[:MAX_NAME]
+    stray: list[tuple[str, str]] = []
     with sessions.begin() as session:
         for event in request.events:
             worker = session.get(Worker, event.worker_id)
@@ -68,7 +78,8 @@ def record_events(sessions: sessionmaker[Session], request: orchestrator_pb2.Rep
                 continue
             kind = event.WhichOneof("event")
             if kind == "status":
-                record_status(session, worker.id, event.status)
+                if record_status(session, worker.id, event.status):
+                    stray.append((worker.id, event.status.run_id))
             elif worker.gateway_id != reporter:
                 continue
             elif kind == "heartbeat":
@@ -86,7 +97,7 @@ def record_events(sessions: sessionmaker[Session], request: orchestrator_pb2.Rep
                 Worker.gateway_id == request.gateway_id, Worker.state.in_(LIVE_STATES),
                 WorkerToken.revoked_at.is_not(None))
         )
-        return list(revoked)
+        return Recorded(list(revoked), stray)
 
 
 def mark_stale(sessions: sessionmaker[Session], stale_after_s: float) -> list[str]:

@@ -66,8 +66,10 @@ class Supervisor:
             self._accept(message.assignment)
         elif kind == "cancel":
             execution = self.executions.get(message.cancel.run_id)
-            if execution is not None:
-                asyncio.create_task(execution.cancel(message.cancel.reason or "cancelled"))
+            if execution is not None and not execution.cancelled:  # a repeated cancel changes nothing
+                reason = message.cancel.reason or "cancelled"
+                log.info("assignment_cancelled", run_id=execution.run_id, reason=reason)
+                asyncio.create_task(execution.cancel(reason))
         elif kind == "batch_ack":
             self.uplink.ack(message.batch_ack.run_id, message.batch_ack.sequence)
         else:

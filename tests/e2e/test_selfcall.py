@@ -54,8 +54,9 @@ class Platform:
     pki: DevPki
     services: dict[str, ServiceProcess]
     owner_token: str
-    #: Fixed, so that a restarted orchestrator is found where the api and the gateway look.
+    #: Fixed, so that a restarted orchestrator or gateway is found where the others look.
     orchestrator_port: int
+    gateway_port: int
 
     def start_orchestrator(self) -> ServiceProcess:
         self.services["orchestrator"] = start_service("orchestrator", self.tmp_path, {
@@ -63,6 +64,14 @@ class Platform:
             "CALLMETER_METRICS_ADDRESS": self.services["metrics"].address, "CALLMETER_COLLECT_DELAY_S": "2",
             "CALLMETER_GRPC_PORT": str(self.orchestrator_port)})
         return self.services["orchestrator"]
+
+    def start_gateway(self) -> ServiceProcess:
+        self.services["gateway"] = start_service("gateway", self.tmp_path, {
+            "CALLMETER_NATS_URL": self.nats_url, "CALLMETER_TLS_CERT_FILE": str(self.pki.server_cert),
+            "CALLMETER_TLS_KEY_FILE": str(self.pki.server_key),
+            "CALLMETER_ORCHESTRATOR_ADDRESS": self.services["orchestrator"].address,
+            "CALLMETER_GRPC_PORT": str(self.gateway_port)})
+        return self.services["gateway"]
 
     def run(self, spec_text: str, *extra: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
         spec = self.tmp_path / f"spec-{len(list(self.tmp_path.glob('spec-*')))}.yaml"
@@ -85,21 +94,18 @@ def start_platform(tmp_path: Path, database_url: str, nats_url: str, pki: DevPki
     engine.dispose()
     assert boot.owner_token_secret and boot.worker_token_secret
     platform = Platform(tmp_path, database_url, nats_url, pki, {}, boot.owner_token_secret,
-                        orchestrator_port=free_port())
+                        orchestrator_port=free_port(), gateway_port=free_port())
     platform.services["metrics"] = start_service("metrics", tmp_path, {
         "CALLMETER_NATS_URL": nats_url, "CALLMETER_CLICKHOUSE_URL": f"chdb://{tmp_path / 'metrics'}"})
     platform.start_orchestrator()
-    platform.services["gateway"] = start_service("gateway", tmp_path, {
-        "CALLMETER_NATS_URL": nats_url, "CALLMETER_TLS_CERT_FILE": str(pki.server_cert),
-        "CALLMETER_TLS_KEY_FILE": str(pki.server_key),
-        "CALLMETER_ORCHESTRATOR_ADDRESS": platform.services["orchestrator"].address})
+    platform.start_gateway()
     platform.services["api"] = start_service("api", tmp_path, {
         "CALLMETER_DATABASE_URL": database_url, "CALLMETER_ORCHESTRATOR_ADDRESS": platform.services["orchestrator"].address,
         "CALLMETER_METRICS_ADDRESS": platform.services["metrics"].address})
     worker = platform.services["worker"] = start_service("worker", tmp_path, {
         "CALLMETER_GATEWAY_ADDRESS": platform.services["gateway"].address, "CALLMETER_CA_FILE": str(pki.ca_cert),
         "CALLMETER_WORKER_TOKEN": boot.worker_token_secret, "CALLMETER_HEALTH_PORT": "0",
-        "CALLMETER_WORKER_NAME": "e2e"})
+        "CALLMETER_WORKER_NAME": "e2e", "CALLMETER_RECONNECT_INITIAL_S": "1", "CALLMETER_RECONNECT_MAX_S": "2"})
     eventually(lambda: http_get(f"http://127.0.0.1:{worker.ready['health_port']}/readyz")[0] == 200,
                timeout_s=60, message="worker connected")
     return platform
@@ -164,3 +170,31 @@ def test_run_survives_the_orchestrator_killed_and_restarted(embedded: Platform) 
     embedded.start_orchestrator()  # same port, same database: the api and gateway reconnect to it
     stdout, stderr = runner.communicate(timeout=180)
     assert_good_call_result(subprocess.CompletedProcess(runner.args, runner.returncode, stdout, stderr))
+
+
+def worker_health(platform: Platform) -> dict:  # type: ignore[type-arg]
+    status, body = http_get(f"http://127.0.0.1:{platform.services['worker'].ready['health_port']}/readyz")
+    return {"http_status": status, **json.loads(body)}
+
+
+def test_a_run_cancelled_while_the_worker_is_away_stops_when_it_is_back(embedded: Platform) -> None:
+    """The gateway dies mid-run; the run is cancelled meanwhile (the cancel reaches nobody); the
+    gateway comes back, the worker reconnects, its resent status says it still runs the part,
+    and the orchestrator cancels it again: the phones hang up instead of calling for a minute."""
+    spec = embedded.tmp_path / "long.yaml"
+    spec.write_text(SPEC.format(port=free_port(), duration=60))
+    env = base_env(CALLMETER_API=embedded.services["api"].address, CALLMETER_TOKEN=embedded.owner_token)
+    runner = subprocess.Popen(callmeter_command("run", str(spec), "--wait", "--json", "--timeout", "15"), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    eventually(lambda: worker_health(embedded).get("running_endpoints") == 4, timeout_s=60, message="calls running")
+    gateway = embedded.services["gateway"]
+    os.kill(gateway.process.pid, signal.SIGKILL)
+    gateway.process.wait()
+    _, stderr = runner.communicate(timeout=60)  # the CLI gives up after 15 s and cancels the run
+    assert runner.returncode != 0 and "cancelled it" in stderr, stderr
+    assert worker_health(embedded)["running_endpoints"] == 4, "nothing told the worker yet"
+
+    embedded.start_gateway()
+    eventually(lambda: worker_health(embedded).get("running_endpoints") == 0, timeout_s=30,
+               message="the worker stopped the cancelled run")
+    assert "this part of the run has ended on the platform" in embedded.services["worker"].log()

@@ -227,3 +227,25 @@ def test_an_assignment_no_gateway_took_is_sent_again_then_fails(
     assert states[absent_worker].state == "ASSIGNMENT_STATE_FAILED"
     assert states[absent_worker].errors == ["the worker was not connected to any gateway"]
     assert run_row(sessions, run_id).state == "RUN_STATE_RUNNING"
+
+
+def test_a_status_of_a_part_the_platform_has_ended_asks_for_its_cancel(sessions: sessionmaker[Session]) -> None:
+    """The run is cancelled while its worker is away; when the worker is back, its resent status
+    (still running) is reported as stray, and only that one."""
+    run_id = new_run(sessions)
+    worker_id = admit(sessions, "w1", max_endpoints=8)
+    runs.submit(sessions, run_id)
+    [dispatch] = runs.pending_dispatches(sessions)
+    runs.mark_delivery(sessions, dispatch, delivered=True)
+
+    def stray(state: int, run: str = run_id) -> list[tuple[str, str]]:
+        return workers.record_events(sessions, orchestrator_pb2.ReportWorkerEventsRequest(
+            gateway_id="g1", events=[orchestrator_pb2.WorkerEvent(
+                worker_id=worker_id, status=workers_pb2.AssignmentStatus(run_id=run, state=state))])).stray
+
+    assert stray(workers_pb2.ASSIGNMENT_STATE_RUNNING) == [], "a live part"
+    runs.cancel(sessions, run_id)
+    assert stray(workers_pb2.ASSIGNMENT_STATE_RUNNING) == [(worker_id, run_id)]
+    assert stray(workers_pb2.ASSIGNMENT_STATE_CANCELLED) == [], "the worker has stopped it"
+    assert stray(workers_pb2.ASSIGNMENT_STATE_ACCEPTED, "never-placed") == [(worker_id, "never-placed")]
+    assert {p.state for p in placements(sessions, run_id)} == {"ASSIGNMENT_STATE_CANCELLED"}

@@ -553,3 +553,32 @@ def test_a_batch_is_stored_under_the_authenticated_worker_not_the_one_it_claims(
     worker_id, stored = asyncio.run(scenario())
     assert [(subject, batch.worker_id, len(batch.samples)) for subject, batch in stored] == \
         [(f"callmeter.metrics.run-claim.{worker_id}", worker_id, 3)]
+
+
+# ---------------------------------------------------------------- a part that ended while the worker was away
+
+
+def test_a_worker_still_running_a_run_the_platform_has_ended_is_told_to_cancel_it(plane: Plane) -> None:
+    """The cancel of a run found no gateway holding the worker (it was reconnecting); the status
+    the worker resends after the welcome says it still runs that part: the orchestrator cancels it
+    again. A part reported finished is left alone."""
+    gateway = plane.start_gateway()
+    ca = plane.pki.ca_cert.read_bytes()
+
+    def status(run_id: str, state: int) -> workers_pb2.WorkerMessage:
+        return workers_pb2.WorkerMessage(status=workers_pb2.AssignmentStatus(run_id=run_id, state=state))
+
+    async def scenario() -> list[workers_pb2.CancelAssignment]:
+        sim = SimWorker(gateway.address, ca, plane.token, "returning")
+        try:
+            await sim.hello()
+            await sim.write(status("ended-and-done", workers_pb2.ASSIGNMENT_STATE_DONE))
+            await sim.write(status("ended-while-away", workers_pb2.ASSIGNMENT_STATE_RUNNING))
+            await sim.wait_for("cancel")
+            await asyncio.sleep(1.0)  # several report intervals: any other cancel would be here by now
+        finally:
+            await sim.close()
+        return [m.cancel for _, m in sim.received if m.WhichOneof("message") == "cancel"]
+
+    [cancel] = asyncio.run(scenario())
+    assert cancel.run_id == "ended-while-away" and "ended" in cancel.reason, cancel
