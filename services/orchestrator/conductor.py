@@ -20,6 +20,7 @@ from callmeter.common.stores.worker_commands import send_to_worker
 from callmeter.state.models import utcnow
 from callmeter.v1 import results_pb2, results_pb2_grpc, runs_pb2, workers_pb2
 from services.orchestrator import runs
+from services.orchestrator.leadership import Leadership
 from services.orchestrator.settings import OrchestratorSettings
 
 log = structlog.get_logger(__name__)
@@ -41,10 +42,14 @@ class Conductor:
         #: (run, worker) → when its assignment was first not delivered (this process's clock).
         self.undelivered_since: dict[tuple[str, str], float] = {}
 
-    async def run_forever(self) -> None:
+    async def run_forever(self, leadership: Leadership) -> None:
+        """Ticks while this replica leads (services/orchestrator/leadership.py); stands by otherwise."""
         while True:
             try:
-                await self.tick()
+                if await asyncio.to_thread(leadership.hold):
+                    await self.tick()
+                else:
+                    self.undelivered_since.clear()  # the leader's to retry now
             except Exception:  # a store or broker hiccup must not end the loop; the next tick retries
                 log.exception("tick_failed")
             try:

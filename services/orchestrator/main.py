@@ -18,6 +18,7 @@ from callmeter.state.migrate import ensure_schema
 from callmeter.v1 import orchestrator_pb2, orchestrator_pb2_grpc, results_pb2_grpc
 from services.orchestrator import workers
 from services.orchestrator.conductor import Conductor
+from services.orchestrator.leadership import Leadership
 from services.orchestrator.servicer import OrchestratorServicer
 from services.orchestrator.settings import OrchestratorSettings
 
@@ -37,16 +38,18 @@ class Orchestrator:
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.conductor = Conductor(settings, self.sessions, nats,
                                    results_pb2_grpc.MetricsQueryServiceStub(self.metrics_channel))
+        self.leadership = Leadership(engine)
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self.tasks = [asyncio.create_task(self.conductor.run_forever(), name="conductor"),
+        self.tasks = [asyncio.create_task(self.conductor.run_forever(self.leadership), name="conductor"),
                       asyncio.create_task(self._sweep_stale(), name="stale-sweep")]
 
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.to_thread(self.leadership.release)
         await self.nats.drain()
         await self.metrics_channel.close()
         self.engine.dispose()
@@ -54,6 +57,8 @@ class Orchestrator:
     async def _sweep_stale(self) -> None:
         while True:
             await asyncio.sleep(self.settings.stale_check_interval_s)
+            if not self.leadership.leading:  # the conductor's loop keeps leadership up to date
+                continue
             try:
                 stale = await asyncio.to_thread(workers.mark_stale, self.sessions, self.settings.stale_after_s)
             except Exception:  # a database hiccup must not end the sweep
