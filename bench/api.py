@@ -1,5 +1,6 @@
 """API request latency for reads (GetTest, ListTests, GetRun, ListRuns) under 50 concurrent
-clients, on the embedded platform (`callmeter up` defaults: SQLite).
+clients, on the embedded platform (`callmeter up` defaults: SQLite) and with the state on the
+machine's PostgreSQL (a database made for the run and dropped after it), when it answers.
 
 Peer measured in the same run: the standard gRPC health Check on the same API process under the
 same concurrency — the floor of a Python grpc.aio service with no auth and no database.
@@ -8,17 +9,22 @@ same concurrency — the floor of a Python grpc.aio service with no auth and no 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+
+import sqlalchemy as sa
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from callmeter.cli.platform import Platform
 from callmeter.common.channels import aio_channel
+from callmeter.common.stores.database import create_database_engine
 from callmeter.v1 import common_pb2, runs_pb2, runs_pb2_grpc, tests_pb2, tests_pb2_grpc
 
 CLIENTS = 50
@@ -75,16 +81,52 @@ async def measure(platform: Platform) -> dict[str, list[float]]:
         return {name: await load(call) for name, call in calls.items()}
 
 
-def run() -> None:
+#: The PostgreSQL server whose fresh database the second half uses (trust auth on this machine).
+POSTGRES = os.environ.get("CALLMETER_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/")
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str | None]:
+    """A uuid-named database for the run, dropped afterwards; None if the server does not answer."""
+    name = f"cm_bench_{uuid.uuid4().hex}"
+    admin = create_database_engine(POSTGRES + "postgres").execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        print(f"  (no PostgreSQL at {POSTGRES}: {str(exc.orig).strip().splitlines()[0]})")
+        admin.dispose()
+        yield None
+        return
+    try:
+        yield POSTGRES + name
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def measure_on(database_url: str | None) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
-        platform = Platform(Path(tmp), auto_ports=True, with_worker=False, log_level="warning")
+        platform = Platform(Path(tmp), auto_ports=True, with_worker=False, log_level="warning",
+                            database_url=database_url)
         platform.start()
         try:
-            results = asyncio.run(measure(platform))
+            return asyncio.run(measure(platform))
         finally:
             platform.stop()
-    print(f"API reads, {CLIENTS} concurrent clients, {SECONDS:.0f} s each, embedded store (SQLite), {TESTS} tests/runs")
+
+
+def report(store: str, results: dict[str, list[float]]) -> None:
+    print(f"API reads, {CLIENTS} concurrent clients, {SECONDS:.0f} s each, {store}, {TESTS} tests/runs")
     print(f"  {'rpc':<22}{'requests/s':>11}{'p50 ms':>9}{'p99 ms':>9}")
     for name, latencies in results.items():
         print(f"  {name:<22}{len(latencies) / SECONDS:>11.0f}{statistics.median(latencies):>9.1f}"
               f"{percentile(latencies, 0.99):>9.1f}")
+
+
+def run() -> None:
+    report("embedded store (SQLite)", measure_on(None))
+    with postgres_database() as url:
+        if url is not None:
+            report("state on PostgreSQL (127.0.0.1)", measure_on(url))

@@ -68,8 +68,9 @@ def rss_bytes(pid: int) -> int:
 
 class Platform:
     def __init__(self, data_dir: Path, auto_ports: bool = False, with_worker: bool = True,
-                 log_level: str = "info") -> None:
+                 log_level: str = "info", database_url: str | None = None) -> None:
         self.data_dir = data_dir.resolve()
+        self._database_url = database_url  # the embedded SQLite file when None
         self.auto_ports = auto_ports
         self.with_worker = with_worker
         self.log_level = log_level
@@ -90,7 +91,7 @@ class Platform:
 
     @property
     def database_url(self) -> str:
-        return f"sqlite:///{self.data_dir / 'state.db'}"
+        return self._database_url or f"sqlite:///{self.data_dir / 'state.db'}"
 
     @property
     def api_address(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import grpc
@@ -24,6 +25,7 @@ class EventReporter:
         self.interval_s = interval_s
         self.on_revoked = on_revoked
         self.pending: list[orchestrator_pb2.WorkerEvent] = []
+        self.stopping = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     def add(self, event: orchestrator_pb2.WorkerEvent) -> None:
@@ -33,14 +35,19 @@ class EventReporter:
         self.task = asyncio.create_task(self._loop(), name="event-reporter")
 
     async def stop(self) -> None:
+        """Sends what is pending, after the report under way if there is one. The loop is not
+        cancelled: a report cancelled in flight would lose its events (the last disconnects)."""
+        self.stopping.set()
         if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-        await self.flush()
+            await self.task
+        if self.pending:  # added while the loop's last report was on its way
+            await self.flush()
 
     async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
+        """A report every interval; stopping ends the wait early and the loop after its report."""
+        while not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.interval_s)
             await self.flush()
 
     async def flush(self) -> None:
@@ -50,6 +57,9 @@ class EventReporter:
             reply = await self.stub.ReportWorkerEvents(
                 orchestrator_pb2.ReportWorkerEventsRequest(gateway_id=self.gateway_id, events=events), timeout=10
             )
+        except asyncio.CancelledError:
+            self.pending[:0] = events
+            raise
         except grpc.aio.AioRpcError as exc:
             # Keep the events for the next try; the orchestrator may be restarting.
             self.pending[:0] = events
