@@ -79,16 +79,22 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str:
 
 
 def authenticate(session: Session, token: str) -> Principal:
-    row = session.scalar(sa.select(ApiToken).where(ApiToken.secret_hash == hash_secret(token)))
+    # One query on every call: the token, its user and the user's role bindings (a row per binding).
+    rows = session.execute(
+        sa.select(ApiToken, User, RoleBinding)
+        .outerjoin(User, User.id == ApiToken.user_id)
+        .outerjoin(RoleBinding, RoleBinding.user_id == User.id)
+        .where(ApiToken.secret_hash == hash_secret(token))
+    ).all()
     now = utcnow()
+    row, user = (rows[0][0], rows[0][1]) if rows else (None, None)
     if row is None or row.revoked_at is not None:
         raise CallmeterError(ErrorCode.UNAUTHENTICATED, "unknown or revoked API token")
     if row.expires_at is not None and row.expires_at <= now:
         raise CallmeterError(ErrorCode.UNAUTHENTICATED, "the API token has expired")
-    user = session.get(User, row.user_id)
     if user is None:
         raise CallmeterError(ErrorCode.UNAUTHENTICATED, "the API token's user no longer exists")
-    bindings = tuple(session.scalars(sa.select(RoleBinding).where(RoleBinding.user_id == user.id)))
+    bindings = tuple(binding for _, _, binding in rows if binding is not None)
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
         row.last_used_at = now  # a write on every read would serialize readers on SQLite
     return Principal(user=user, token_id=row.id, bindings=bindings)
