@@ -9,22 +9,19 @@ same concurrency — the floor of a Python grpc.aio service with no auth and no 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import statistics
 import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-import sqlalchemy as sa
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from callmeter.cli.platform import Platform
 from callmeter.common.channels import aio_channel
-from callmeter.common.stores.database import create_database_engine
+from callmeter.common.errors import ConfigError
+from callmeter.common.stores.database import scratch_database
 from callmeter.v1 import common_pb2, runs_pb2, runs_pb2_grpc, tests_pb2, tests_pb2_grpc
 
 CLIENTS = 50
@@ -85,27 +82,6 @@ async def measure(platform: Platform) -> dict[str, list[float]]:
 POSTGRES = os.environ.get("CALLMETER_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/")
 
 
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str | None]:
-    """A uuid-named database for the run, dropped afterwards; None if the server does not answer."""
-    name = f"cm_bench_{uuid.uuid4().hex}"
-    admin = create_database_engine(POSTGRES + "postgres").execution_options(isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        print(f"  (no PostgreSQL at {POSTGRES}: {str(exc.orig).strip().splitlines()[0]})")
-        admin.dispose()
-        yield None
-        return
-    try:
-        yield POSTGRES + name
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def measure_on(database_url: str | None) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         platform = Platform(Path(tmp), auto_ports=True, with_worker=False, log_level="warning",
@@ -127,6 +103,8 @@ def report(store: str, results: dict[str, list[float]]) -> None:
 
 def run() -> None:
     report("embedded store (SQLite)", measure_on(None))
-    with postgres_database() as url:
-        if url is not None:
+    try:
+        with scratch_database(POSTGRES, "cm_bench") as url:
             report("state on PostgreSQL (127.0.0.1)", measure_on(url))
+    except ConfigError as exc:
+        print(f"  (no PostgreSQL run: {exc})")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
-from callmeter.common.stores.database import create_database_engine
+from callmeter.common.stores.database import scratch_database
 from callmeter.common.stores.nats import EmbeddedNats
 from callmeter.common.tls import DevPki, ensure_dev_pki
 
@@ -28,16 +26,8 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh uuid-named database on the machine's PostgreSQL, dropped afterwards."""
-    name = f"cm_test_{uuid.uuid4().hex}"
-    admin = create_database_engine(POSTGRES + "postgres").execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield POSTGRES + name
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(POSTGRES, "cm_test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -47,6 +50,24 @@ def create_database_engine(url: str, setting: str = "CALLMETER_DATABASE_URL", ch
             reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
             raise ConfigError(setting, f"cannot connect to {parsed.render_as_string()}: {reason}") from None
     return engine
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A new uuid-named database on the PostgreSQL server at ``server_url`` (ending in "/"), dropped
+    afterwards with its connections; for tests and benchmarks. ConfigError if the server does not answer."""
+    name = f"{prefix}_{uuid.uuid4().hex}"
+    admin = create_database_engine(server_url + "postgres").execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield server_url + name
+        finally:
+            with admin.connect() as connection:
+                connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
