@@ -101,28 +101,18 @@ class WorkerMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., status: _Optional[_Union[AssignmentStatus, _Mapping]] = ..., metrics: _Optional[_Union[_results_pb2.MetricBatch, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("token", "name", "labels", "capacity", "version", "resume")
+    __slots__ = ("token", "name", "labels", "capacity", "version")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
-    RESUME_FIELD_NUMBER: _ClassVar[int]
     token: str
     name: str
     labels: _containers.RepeatedCompositeFieldContainer[_common_pb2.Label]
     capacity: WorkerCapacity
     version: str
-    resume: _containers.RepeatedCompositeFieldContainer[RunCursor]
-    def __init__(self, token: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[_common_pb2.Label, _Mapping]]] = ..., capacity: _Optional[_Union[WorkerCapacity, _Mapping]] = ..., version: _Optional[str] = ..., resume: _Optional[_Iterable[_Union[RunCursor, _Mapping]]] = ...) -> None: ...
-
-class RunCursor(_message.Message):
-    __slots__ = ("run_id", "last_acked_sequence")
-    RUN_ID_FIELD_NUMBER: _ClassVar[int]
-    LAST_ACKED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
-    run_id: str
-    last_acked_sequence: int
-    def __init__(self, run_id: _Optional[str] = ..., last_acked_sequence: _Optional[int] = ...) -> None: ...
+    def __init__(self, token: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[_common_pb2.Label, _Mapping]]] = ..., capacity: _Optional[_Union[WorkerCapacity, _Mapping]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sent_at", "running_endpoints", "state", "dropped_samples")
