@@ -15,6 +15,7 @@ from callmeter.v1 import results_pb2, results_pb2_grpc
 from services.metrics.ingest import SampleIngest
 from services.metrics.query_servicer import MetricsQueryServicer
 from services.metrics.runs import RunNotices
+from services.metrics.schema_lock import schema_lock
 from services.metrics.settings import MetricsSettings
 from services.metrics.store import MetricsStore
 from services.metrics.stream import ensure_streams
@@ -31,12 +32,13 @@ class MetricsIngest:
 
     async def start(self) -> None:
         s = self.settings
-        await self.store.open()
         self.nats = await connect_nats(s.nats_url, name="callmeter-metrics")
         js = self.nats.jetstream()
         await ensure_streams(js, replicas=s.stream_replicas, duplicate_window_s=s.stream_duplicate_window_s,
                              max_age_s=s.stream_max_age_s, max_bytes=s.stream_max_bytes,
                              deadletter_max_age_s=s.deadletter_max_age_s)
+        async with schema_lock(js, replicas=s.stream_replicas):  # replicas on one server migrate in turn
+            await self.store.open()
         for consumer in (SampleIngest(js, self.store, s), RunNotices(js, self.store, s)):
             await consumer.start()
             self.consumers.append(consumer)
