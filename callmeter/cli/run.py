@@ -109,15 +109,18 @@ def follow(progress: Iterable[runs_pb2.RunProgress], out: TextIO) -> results_pb2
     return summary
 
 
-def short(enum_name: str) -> str:
-    """RUN_STATE_FINISHED → finished, VERDICT_PASS → pass."""
-    return enum_name.removeprefix("RUN_STATE_").removeprefix("VERDICT_").lower()
-
-
 def _state(run_or_progress: Any) -> str:
+    from callmeter.common.enum_words import word
     from callmeter.v1 import runs_pb2
 
-    return short(runs_pb2.RunState.Name(run_or_progress.state))
+    return word(runs_pb2.RunState, run_or_progress.state)
+
+
+def _verdict(run: runs_pb2.Run) -> str:
+    from callmeter.common.enum_words import word
+    from callmeter.v1 import runs_pb2
+
+    return word(runs_pb2.Verdict, run.verdict)
 
 
 def _mos(value: float) -> str:
@@ -154,13 +157,11 @@ def summary_table(groups: Iterable[results_pb2.GroupSummary], total: results_pb2
 
 def format_result(run: runs_pb2.Run, summary: results_pb2.RunSummary) -> str:
     """The table per group, the gates, the verdict and its reasons."""
-    from callmeter.v1 import runs_pb2
-
     parts = [summary_table(summary.groups, summary.total if summary.HasField("total") else None)]
     if summary.gates:
         parts.append("\n".join(f"{'PASS' if gate.passed else 'FAIL'}  {gate.gate}  (observed {gate.observed:g})"
                                for gate in summary.gates))
-    verdict = [f"run {run.id}: {_state(run)}, verdict {short(runs_pb2.Verdict.Name(run.verdict)).upper()}"]
+    verdict = [f"run {run.id}: {_state(run)}, verdict {_verdict(run).upper()}"]
     parts.append("\n".join(verdict + [f"  {reason}" for reason in run.reasons]))
     return "\n\n".join(parts)
 
@@ -172,14 +173,12 @@ JSON_GROUP_FIELDS = ("endpoints", "registered", "calls_attempted", "calls_connec
 def run_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> dict[str, Any]:
     """{run_id, state, verdict, reasons, total: {endpoints, …, setup_ms_p95} or null,
     groups: [{name, endpoints, …}], gates: [{gate, observed, passed}]}."""
-    from callmeter.v1 import runs_pb2
-
     def numbers(group: results_pb2.GroupSummary) -> dict[str, Any]:
         return {field: getattr(group, field) for field in JSON_GROUP_FIELDS}
 
     has_total = summary is not None and summary.HasField("total")
     return {
-        "run_id": run.id, "state": _state(run), "verdict": short(runs_pb2.Verdict.Name(run.verdict)),
+        "run_id": run.id, "state": _state(run), "verdict": _verdict(run),
         "reasons": list(run.reasons),
         "total": numbers(summary.total) if has_total else None,  # type: ignore[union-attr]
         "groups": [{"name": g.group, **numbers(g)} for g in (summary.groups if summary is not None else [])],

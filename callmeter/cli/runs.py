@@ -31,7 +31,7 @@ def handle_list(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
 
     from callmeter.cli.api_client import error, every_page, resolve_target, rpc_error_line
-    from callmeter.cli.run import short
+    from callmeter.common.enum_words import word
     from callmeter.common.errors import ConfigError
     from callmeter.v1 import common_pb2, runs_pb2, runs_pb2_grpc, tests_pb2, tests_pb2_grpc
 
@@ -61,7 +61,7 @@ def handle_list(args: argparse.Namespace) -> int:
     for run in found:
         created = run.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
         print(f"{run.id:<34}{tests.get(run.test_id, run.test_id)[:22]:<24}{run.test_version:>4}  "
-              f"{short(runs_pb2.RunState.Name(run.state)):<12}{short(runs_pb2.Verdict.Name(run.verdict)):<9}{created}")
+              f"{word(runs_pb2.RunState, run.state):<12}{word(runs_pb2.Verdict, run.verdict):<9}{created}")
     return ExitCode.OK
 
 

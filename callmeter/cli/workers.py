@@ -24,6 +24,7 @@ def handle_list(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
 
     from callmeter.cli.api_client import resolve_target, rpc_error_line
+    from callmeter.common.enum_words import word
     from callmeter.common.errors import ConfigError
     from callmeter.v1 import workers_pb2, workers_pb2_grpc
 
@@ -44,6 +45,6 @@ def handle_list(args: argparse.Namespace) -> int:
         return ExitCode.OK
     print(f"{'name':<20}{'state':<10}{'endpoints':>10}  {'version':<10}id")
     for worker in reply.workers:
-        state = workers_pb2.WorkerState.Name(worker.state).removeprefix("WORKER_STATE_").lower()
+        state = word(workers_pb2.WorkerState, worker.state)
         print(f"{worker.name:<20}{state:<10}{worker.running_endpoints:>10}  {worker.version:<10}{worker.id}")
     return ExitCode.OK

@@ -15,6 +15,7 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from callmeter.common import enum_words
 from callmeter.common.errors import CallmeterError, ErrorCode
 from callmeter.v1 import common_pb2, tests_pb2
 
@@ -83,7 +84,7 @@ def _normalize(data: dict[str, Any], descriptor: Descriptor, path: str,
 def _value(value: Any, field: FieldDescriptor, path: str, problems: list[common_pb2.FieldViolation]) -> Any:
     if field.type == FieldDescriptor.TYPE_ENUM and isinstance(value, str):
         enum = field.enum_type
-        prefix = enum.values[0].name.removesuffix("UNSPECIFIED")
+        prefix = enum_words.prefix(enum)
         name = value.upper().replace("-", "_")
         name = name if name.startswith(prefix) else prefix + name
         if name not in enum.values_by_name or name.endswith("_UNSPECIFIED"):

@@ -22,6 +22,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from callmeter.common.enum_words import word
 from callmeter.common.errors import CallmeterError, ErrorCode
 from callmeter.common.tokens import hash_secret
 from callmeter.state.models import ApiToken, Organization, Project, RoleBinding, User, utcnow
@@ -39,7 +40,7 @@ OWNER = tenancy_pb2.ROLE_OWNER
 
 
 def role_name(role: int) -> str:
-    return tenancy_pb2.Role.Name(role).removeprefix("ROLE_").lower()
+    return word(tenancy_pb2.Role, role)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from callmeter.common.codecs import codec_matches
+from callmeter.common.enum_words import word
 from callmeter.common.errors import CallmeterError, ErrorCode
 from callmeter.v1 import common_pb2, tests_pb2
 
@@ -37,7 +38,7 @@ def _fits(candidate: Candidate, group: tests_pb2.EndpointGroup, selector: list[c
     if missing:
         return f"lacks codec {', '.join(missing)}"
     if group.transport and group.transport not in candidate.transports:
-        return f"lacks transport {common_pb2.Transport.Name(group.transport).removeprefix('TRANSPORT_').lower()}"
+        return f"lacks transport {word(common_pb2.Transport, group.transport)}"
     return None
 
 

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import prometheus_client
 
+from callmeter.common.enum_words import word
 from callmeter.common.errors import ConfigError
 from callmeter.v1 import workers_pb2
 
@@ -33,7 +34,7 @@ class WorkerStatus:
     def as_json(self) -> dict[str, object]:
         with self.lock:
             return {
-                "state": workers_pb2.WorkerState.Name(self.state).removeprefix("WORKER_STATE_").lower(),
+                "state": word(workers_pb2.WorkerState, self.state),
                 "worker_id": self.worker_id,
                 "gateway": self.gateway,
                 "last_heartbeat": self.last_heartbeat_ack,

@@ -47,11 +47,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import structlog
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from pydantic import SecretStr
 
 from callmeter.catalog import BY_NAME
 from callmeter.common.codecs import codec_matches, codec_names
+from callmeter.common.enum_words import word
 from callmeter.common.errors import CallmeterError, ConfigError, ErrorCode
 from callmeter.common.exit_codes import ExitCode
 from callmeter.common.logging import configure_logging
@@ -135,21 +135,14 @@ def check_spec(spec: tests_pb2.TestSpec, capacity: workers_pb2.WorkerCapacity) -
                                           f"{', '.join(codec_names(list(capacity.codecs)))})"))
         transport = group.transport or common_pb2.TRANSPORT_UDP
         if transport not in capacity.transports:
-            problems.append(violation(f"{path}.transport", f"{_short(common_pb2.Transport, transport)} is not "
+            problems.append(violation(f"{path}.transport", f"{word(common_pb2.Transport, transport)} is not "
                                                            "supported by this machine's SIP engine"))
         if group.srtp_keying and group.srtp_keying not in capacity.srtp_keyings:
-            problems.append(violation(f"{path}.srtp_keying", f"{_short(common_pb2.SrtpKeying, group.srtp_keying)} "
+            problems.append(violation(f"{path}.srtp_keying", f"{word(common_pb2.SrtpKeying, group.srtp_keying)} "
                                                              "is not supported by this machine's SIP engine"))
         if group.media.wav_path and not os.access(group.media.wav_path, os.R_OK):
             problems.append(violation(f"{path}.media.wav_path", f"cannot read {group.media.wav_path}"))
     return problems
-
-
-def _short(enum: EnumTypeWrapper, value: int) -> str:
-    """"TRANSPORT_TLS" -> "tls", as test files write it; a number the contract lacks stays a number."""
-    if value not in enum.values():
-        return str(value)
-    return enum.Name(value).removeprefix(enum.DESCRIPTOR.values[0].name.removesuffix("UNSPECIFIED")).lower()
 
 
 class JsonLines:
@@ -307,7 +300,7 @@ def judge_gates(spec: tests_pb2.TestSpec, summary: results_pb2.RunSummary) -> Ve
     if not spec.gates:
         return Verdict("none", [])
     verdict, reasons = judge(summary, list(spec.gates))
-    return Verdict(runs_pb2.Verdict.Name(verdict).removeprefix("VERDICT_").lower(), reasons)
+    return Verdict(word(runs_pb2.Verdict, verdict), reasons)
 
 
 class LocalOutput:
@@ -441,7 +434,7 @@ async def run_local(settings: WorkerSettings, spec: tests_pb2.TestSpec, lines: J
     verdict = judge_gates(spec, summary)
     failed = status.state == workers_pb2.ASSIGNMENT_STATE_FAILED or status.endpoints_failed > 0 or verdict.failed
     exit_code = ExitCode.RUN_FAILED if failed else ExitCode.OK
-    state = workers_pb2.AssignmentState.Name(status.state).removeprefix("ASSIGNMENT_STATE_").lower()
+    state = word(workers_pb2.AssignmentState, status.state)
     output.summaries(summary, run, verdict, state, int(exit_code))
     log.info("local_run_ended", run_id=run_id, state=state, endpoints_failed=status.endpoints_failed,
              verdict=verdict.name)
