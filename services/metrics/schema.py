@@ -187,7 +187,7 @@ ROLLUPS = (
     Rollup(ENDPOINTS_TABLE, ("run_id", "group", "endpoint"), ENDPOINT_COLUMNS, "ENGINE = ReplacingMergeTree(second)"),
 )
 ROLLUP_TABLES = tuple(rollup.table for rollup in ROLLUPS)
-_KEY_TYPES = {"run_id": "String", "group": "LowCardinality(String)", "endpoint": "UInt32", "second": "DateTime"}
+_KEY_TYPES = dict(KEY_COLUMNS)
 
 #: The raw rows a refresh reads: those of the (run_id, group, second) keys an insert touched.
 #: The first conditions only narrow what is read (the sorting key, the parts' range of seconds).

@@ -15,7 +15,7 @@ import pytest
 
 from callmeter.common.stores.nats import EmbeddedNats
 from services.metrics import schema_lock as lock
-from tests.metrics.helpers import ingest_settings, run, running_ingest
+from tests.metrics.helpers import count_rows, ingest_settings, run, running_ingest
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,8 +85,8 @@ def test_ingest_opens_its_store_only_once_the_lock_is_free(tmp_path: Path, nats_
         settings = ingest_settings(tmp_path, nats_server.url)
 
         async def start_ingest() -> None:
-            async with running_ingest(settings) as ingest:
-                assert ingest.store.protobuf_rows in (True, False)
+            async with running_ingest(settings) as ingest:  # the schema is there once it has started
+                assert await ingest.store.call(count_rows, "no-such-run") == 0
 
         starting = asyncio.create_task(start_ingest())
         assert not await taken_within(starting, 1.5), "ingest started while another replica held the lock"
