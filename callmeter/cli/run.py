@@ -34,9 +34,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--json", action="store_true",
                         help="print the result as one JSON object (state, verdict, reasons, total, groups, gates)")
     parser.add_argument("--junit", type=Path, metavar="PATH", help="with --wait: write JUnit XML, a case per gate")
-    parser.add_argument("--timeout", type=float, metavar="S",
-                        help="with --wait: give up after S seconds, cancel the run and exit 2")
+    parser.add_argument("--timeout", type=positive_seconds, metavar="S",
+                        help="with --wait: give up after S seconds, cancel the run, print what it measured, exit 2")
     parser.set_defaults(handler=handle)
+
+
+def positive_seconds(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text})")
+    return value
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -68,24 +80,49 @@ def handle(args: argparse.Namespace) -> int:
             return ExitCode.OK
         print(f"run {run.id} of {spec.name!r} version {test.version} started", file=sys.stderr)
         try:
-            summary = follow(runs.WatchRun(runs_pb2.WatchRunRequest(run_id=run.id), metadata=target.metadata(),
-                                           timeout=args.timeout), sys.stderr)
+            summary, late = follow_to_end(runs, target, run.id, args.timeout)
             run = runs.GetRun(runs_pb2.GetRunRequest(run_id=run.id), metadata=target.metadata(),
                               timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
-                return error(rpc_error_line(exc))
-            late = f"run {run.id} did not end within {args.timeout:g} s"
-            try:
-                runs.CancelRun(runs_pb2.CancelRunRequest(run_id=run.id), metadata=target.metadata(),
-                               timeout=CALL_TIMEOUT_S)
-            except grpc.RpcError as cancel:
-                return error(f"{late}; cancelling it failed: {rpc_error_line(cancel)}")
-            return error(f"{late}; cancelled it")
+            return error(rpc_error_line(exc))
+        except KeyboardInterrupt:  # the second Ctrl-C: stop waiting for the cancelled run
+            print(f"\nrun {run.id} is being cancelled; not waiting for its summary", file=sys.stderr)
+            return ExitCode.INTERRUPTED
     print(format_json(run, summary) if args.json else format_result(run, summary))
+    if late:
+        print(late, file=sys.stderr)
     if args.junit:
         args.junit.write_text(junit_xml(spec.name, run, summary))
     return exit_code(run)
+
+
+def follow_to_end(runs: Any, target: Any, run_id: str, timeout_s: float | None) -> tuple[results_pb2.RunSummary, str]:
+    """Follows the run until it has ended and its summary is in. At ``timeout_s``, or at the first
+    Ctrl-C, it cancels the run and goes on following it to its (cancelled) summary; a second
+    Ctrl-C raises KeyboardInterrupt. Returns the summary and why it was cancelled ("" if it was not)."""
+    import grpc
+
+    from callmeter.cli.api_client import CALL_TIMEOUT_S
+    from callmeter.v1 import runs_pb2
+
+    why = ""
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    while True:
+        left = deadline - time.monotonic() if deadline is not None and not why else None
+        watch = runs.WatchRun(runs_pb2.WatchRunRequest(run_id=run_id), metadata=target.metadata(), timeout=left)
+        try:
+            return follow(watch, sys.stderr), why
+        except grpc.RpcError as exc:
+            if why or exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                raise
+            why = f"run {run_id} did not end within {timeout_s:g} s; cancelled it"
+        except KeyboardInterrupt:
+            if why:
+                raise
+            watch.cancel()
+            why = f"run {run_id} cancelled by Ctrl-C (press it again to stop waiting for its summary)"
+        print(f"\n{why}", file=sys.stderr)
+        runs.CancelRun(runs_pb2.CancelRunRequest(run_id=run_id), metadata=target.metadata(), timeout=CALL_TIMEOUT_S)
 
 
 def follow(progress: Iterable[runs_pb2.RunProgress], out: TextIO) -> results_pb2.RunSummary:
@@ -123,14 +160,25 @@ def _verdict(run: runs_pb2.Run) -> str:
     return word(runs_pb2.Verdict, run.verdict)
 
 
-def _mos(value: float) -> str:
-    return f"{value:.2f}" if value else "-"
+NOT_MEASURED = "not measured"
+
+
+def cell(group: results_pb2.GroupSummary, field: str, fmt: str = "{}") -> str:
+    """A summary figure as shown: formatted, or "not measured" when it was not (never 0)."""
+    if group.DESCRIPTOR.fields_by_name[field].has_presence and not group.HasField(field):
+        return NOT_MEASURED
+    return fmt.format(getattr(group, field))
+
+
+def figure(group: results_pb2.GroupSummary, field: str) -> Any:
+    """A summary figure for JSON: the number, or None (null) when it was not measured."""
+    return None if cell(group, field) == NOT_MEASURED else getattr(group, field)
 
 
 def progress_line(message: runs_pb2.RunProgress) -> str:
     """elapsed, state, and per group endpoints/registered/connected/MOS."""
-    groups = " | ".join(f"{g.group}: {g.endpoints} ep {g.registered} reg {g.calls_connected} conn MOS {_mos(g.mos_avg)}"
-                        for g in message.groups)
+    groups = " | ".join(f"{g.group}: {g.endpoints} ep {g.registered} reg {g.calls_connected} conn "
+                        f"MOS {cell(g, 'mos_avg', '{:.2f}').replace(NOT_MEASURED, '-')}" for g in message.groups)
     return f"{message.elapsed_s:6.0f}s  {_state(message):<11}{groups}".rstrip()
 
 
@@ -146,35 +194,37 @@ SUMMARY_COLUMNS = [
 def summary_table(groups: Iterable[results_pb2.GroupSummary], total: results_pb2.GroupSummary | None = None) -> str:
     rows = [(g.group, g) for g in groups] + ([("total", total)] if total is not None else [])
     width = max([5, *(len(name) for name, _ in rows)])
-    headings = "".join(f"  {heading:>{max(len(heading), 6)}}" for heading, _, _ in SUMMARY_COLUMNS)
-    lines = [f"{'group':<{width}}{headings}"]
-    for name, group in rows:
-        cells = "".join(f"  {fmt.format(getattr(group, field)):>{max(len(heading), 6)}}"
-                        for heading, field, fmt in SUMMARY_COLUMNS)
-        lines.append(f"{name:<{width}}{cells}")
+    cells = [[cell(group, field, fmt) for _, field, fmt in SUMMARY_COLUMNS] for _, group in rows]
+    widths = [max([len(heading), 6, *(len(row[i]) for row in cells)]) for i, (heading, _, _) in enumerate(SUMMARY_COLUMNS)]
+    lines = [f"{'group':<{width}}" + "".join(f"  {heading:>{w}}" for (heading, _, _), w in zip(SUMMARY_COLUMNS, widths))]
+    for (name, _), row in zip(rows, cells):
+        lines.append(f"{name:<{width}}" + "".join(f"  {text:>{w}}" for text, w in zip(row, widths)))
     return "\n".join(lines)
 
 
 def format_result(run: runs_pb2.Run, summary: results_pb2.RunSummary) -> str:
     """The table per group, the gates, the verdict and its reasons."""
+    from callmeter.common.verdict import observed_text
+
     parts = [summary_table(summary.groups, summary.total if summary.HasField("total") else None)]
     if summary.gates:
-        parts.append("\n".join(f"{'PASS' if gate.passed else 'FAIL'}  {gate.gate}  (observed {gate.observed:g})"
+        parts.append("\n".join(f"{'PASS' if gate.passed else 'FAIL'}  {gate.gate}  ({observed_text(gate)})"
                                for gate in summary.gates))
     verdict = [f"run {run.id}: {_state(run)}, verdict {_verdict(run).upper()}"]
     parts.append("\n".join(verdict + [f"  {reason}" for reason in run.reasons]))
     return "\n\n".join(parts)
 
 
-JSON_GROUP_FIELDS = ("endpoints", "registered", "calls_attempted", "calls_connected", "mos_avg", "mos_min",
-                     "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95")
+JSON_GROUP_FIELDS = ("endpoints", "registered", "register_attempted", "calls_attempted", "calls_connected",
+                     "calls_failed", "mos_avg", "mos_min", "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95")
 
 
 def run_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> dict[str, Any]:
     """{run_id, state, verdict, reasons, total: {endpoints, …, setup_ms_p95} or null,
-    groups: [{name, endpoints, …}], gates: [{gate, observed, passed}]}."""
+    groups: [{name, endpoints, …}], gates: [{gate, observed, passed}]}; a figure that was not
+    measured is null."""
     def numbers(group: results_pb2.GroupSummary) -> dict[str, Any]:
-        return {field: getattr(group, field) for field in JSON_GROUP_FIELDS}
+        return {field: figure(group, field) for field in JSON_GROUP_FIELDS}
 
     has_total = summary is not None and summary.HasField("total")
     return {
@@ -182,7 +232,7 @@ def run_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> dict[
         "reasons": list(run.reasons),
         "total": numbers(summary.total) if has_total else None,  # type: ignore[union-attr]
         "groups": [{"name": g.group, **numbers(g)} for g in (summary.groups if summary is not None else [])],
-        "gates": [{"gate": g.gate, "observed": g.observed, "passed": g.passed}
+        "gates": [{"gate": g.gate, "observed": g.observed if g.HasField("observed") else None, "passed": g.passed}
                   for g in (summary.gates if summary is not None else [])],
     }
 
@@ -194,10 +244,12 @@ def format_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> st
 
 
 def junit_xml(test_name: str, run: runs_pb2.Run, summary: results_pb2.RunSummary) -> str:
-    """One testcase per quality gate, with a failure when it did not hold; a run that did not finish
-    adds a "run" testcase with an error, so that CI never reads it as a pass."""
+    """One testcase per quality gate (the default gate too), with a failure when it did not hold; a
+    run that did not finish, or that could not be judged, adds a "run" testcase with an error, so
+    that CI never reads it as a pass."""
     import xml.etree.ElementTree as ET
 
+    from callmeter.common.verdict import observed_text
     from callmeter.v1 import runs_pb2
 
     suite = ET.Element("testsuite", name=f"callmeter {test_name}")
@@ -207,9 +259,9 @@ def junit_xml(test_name: str, run: runs_pb2.Run, summary: results_pb2.RunSummary
         case = ET.SubElement(suite, "testcase", classname=f"callmeter.{test_name}", name=gate.gate)
         if not gate.passed:
             failures += 1
-            ET.SubElement(case, "failure", message=f"observed {gate.observed:g}").text = \
-                f"{gate.gate} did not hold: observed {gate.observed:g}"
-    if run.state != runs_pb2.RUN_STATE_FINISHED:
+            ET.SubElement(case, "failure", message=observed_text(gate)).text = \
+                f"{gate.gate} did not hold: {observed_text(gate)}"
+    if run.state != runs_pb2.RUN_STATE_FINISHED or run.verdict == runs_pb2.VERDICT_ERROR:
         errors += 1
         case = ET.SubElement(suite, "testcase", classname=f"callmeter.{test_name}", name="run")
         ET.SubElement(case, "error", message=f"run {_state(run)}").text = "\n".join(run.reasons) or _state(run)

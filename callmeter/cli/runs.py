@@ -1,4 +1,4 @@
-"""`callmeter runs list|show`: the runs you may see, and one run with its results."""
+"""`callmeter runs list|show|cancel`: the runs you may see, one run with its results, stopping one."""
 
 from __future__ import annotations
 
@@ -8,19 +8,32 @@ from callmeter.common.exit_codes import ExitCode
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = commands.add_parser("runs", help="list runs or show one")
+    parser = commands.add_parser("runs", help="list runs, show one, or cancel one")
     sub = parser.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
     listing = sub.add_parser("list", help="list runs, newest first")
     listing.add_argument("--test", metavar="NAME", help="only the runs of the test of this name")
     listing.add_argument("--project", default="", help="only the runs of this project")
-    listing.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
+    listing.add_argument("--limit", type=positive_count, default=20, help="at most this many runs (default 20)")
     listing.add_argument("--json", action="store_true", help="print JSON")
     showing = sub.add_parser("show", help="show a run: state, verdict, results per group, gates")
     showing.add_argument("run_id")
     showing.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    for command, handler in ((listing, handle_list), (showing, handle_show)):
+    cancelling = sub.add_parser("cancel", help="cancel a run that has not ended (its summary keeps what it measured)")
+    cancelling.add_argument("run_id")
+    cancelling.add_argument("--json", action="store_true", help="print the run as one JSON object")
+    for command, handler in ((listing, handle_list), (showing, handle_show), (cancelling, handle_cancel)):
         command.add_argument("--api", help="API address host:port (default: CALLMETER_API or the profile)")
         command.set_defaults(handler=handler)
+
+
+def positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
 
 
 def handle_list(args: argparse.Namespace) -> int:
@@ -96,4 +109,33 @@ def handle_show(args: argparse.Namespace) -> int:
     print(f"test {run.test_id} version {run.test_version}, started by {run.started_by or '-'}, "
           f"{now.elapsed_s:.0f} s of execution")
     print(format_result(run, summary))
+    return ExitCode.OK
+
+
+def handle_cancel(args: argparse.Namespace) -> int:
+    import grpc
+
+    from callmeter.cli.api_client import CALL_TIMEOUT_S, error, resolve_target, rpc_error_line
+    from callmeter.cli.run import format_json
+    from callmeter.common.enum_words import word
+    from callmeter.common.errors import ConfigError
+    from callmeter.v1 import runs_pb2, runs_pb2_grpc
+
+    try:
+        target = resolve_target(args.api)
+    except ConfigError as exc:
+        return error(exc.detail)
+    with target.channel() as channel:
+        try:
+            run = runs_pb2_grpc.RunServiceStub(channel).CancelRun(
+                runs_pb2.CancelRunRequest(run_id=args.run_id), metadata=target.metadata(), timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            return error(rpc_error_line(exc))
+    if args.json:
+        print(format_json(run, None))
+    elif run.state == runs_pb2.RUN_STATE_CANCELLED:
+        print(f"run {run.id} cancelled")
+    else:
+        print(f"run {run.id} had already ended: {word(runs_pb2.RunState, run.state)}, "
+              f"verdict {word(runs_pb2.Verdict, run.verdict).upper()}")
     return ExitCode.OK

@@ -1,8 +1,15 @@
-"""Quality gates against a run summary: the metrics a gate may name, the verdict and its reasons.
+"""The verdict of a run: what it must have done to be judged at all, its quality gates, its reasons.
 
-Pure functions over ``RunSummary`` messages. The api validates gates against ``GATE_METRICS``;
-the orchestrator judges a run's summary with ``judge``, and ``callmeter worker --local`` judges
-its own summary with the same function.
+Pure functions over ``RunSummary`` messages, used by the orchestrator and by ``callmeter worker
+--local`` alike. The rule (docs/verdict.md):
+
+1. ERROR when nothing of the test happened: no endpoint reported a sample, or no call and no
+   registration was attempted. Gates are not judged on nothing.
+2. Otherwise each quality gate is judged; a gate whose metric was never measured fails with
+   "not measured" (never as 0).
+3. A test without gates gets the default gate ``endpoints_failed == 0``: every endpoint ran its
+   scenario without an error. It is shown among the gates like any other.
+FAIL if a gate did not hold, else PASS. Cancelled and timed-out runs are not judged (ERROR).
 """
 
 from __future__ import annotations
@@ -17,14 +24,14 @@ def _pct(part: float, whole: float) -> float | None:
     return 100.0 * part / whole if whole else None
 
 
-# Gate metric → how to read it from a GroupSummary (None: not measurable, e.g. no calls).
+def _measured(field: str) -> Callable[[results_pb2.GroupSummary], float | None]:
+    return lambda g: getattr(g, field) if g.HasField(field) else None
+
+
+# Gate metric → how to read it from a GroupSummary (None: not measured, e.g. no calls).
 METRICS: dict[str, Callable[[results_pb2.GroupSummary], float | None]] = {
-    "mos_avg": lambda g: g.mos_avg if g.calls_connected else None,
-    "mos_min": lambda g: g.mos_min if g.calls_connected else None,
-    "loss_pct": lambda g: g.loss_pct if g.calls_connected else None,
-    "jitter_ms_p95": lambda g: g.jitter_ms_p95 if g.calls_connected else None,
-    "rtt_ms_p95": lambda g: g.rtt_ms_p95 if g.calls_connected else None,
-    "setup_ms_p95": lambda g: g.setup_ms_p95 if g.calls_connected else None,
+    **{name: _measured(name) for name in ("mos_avg", "mos_min", "loss_pct", "jitter_ms_p95", "rtt_ms_p95",
+                                          "setup_ms_p95")},
     "calls_failed_pct": lambda g: _pct(g.calls_failed, g.calls_attempted),
     "calls_connected_pct": lambda g: _pct(g.calls_connected, g.calls_attempted),
     "registered_pct": lambda g: _pct(g.registered, g.endpoints),
@@ -41,6 +48,9 @@ COMPARISONS: dict[int, tuple[str, Callable[[float, float], bool]]] = {
     tests_pb2.COMPARISON_EQ: ("==", operator.eq),
 }
 
+#: The gate of a test that sets none, as shown among the gates.
+DEFAULT_GATE = "endpoints_failed == 0 (default gate: the test sets none)"
+
 
 def gate_text(gate: tests_pb2.QualityGate) -> str:
     """The gate as written: "mos_avg >= 4" or "group callers: loss_pct < 1"."""
@@ -49,11 +59,30 @@ def gate_text(gate: tests_pb2.QualityGate) -> str:
     return f"group {gate.group}: {text}" if gate.group else text
 
 
-def judge(summary: results_pb2.RunSummary, gates: list[tests_pb2.QualityGate]) -> tuple[int, list[str]]:
-    """Fills summary.gates; returns (Verdict, reasons for a FAIL). No gates is a PASS."""
-    groups = {group.group: group for group in summary.groups}
-    reasons: list[str] = []
+def nothing_happened(summary: results_pb2.RunSummary, endpoints_planned: int) -> str | None:
+    """Why the run cannot be judged, or None: no endpoint ran, or nothing was attempted."""
+    total = summary.total
+    if not total.endpoints:
+        return f"no endpoint ran: none of the {endpoints_planned} planned endpoints reported a measurement"
+    if not total.calls_attempted and not total.register_attempted:
+        return "nothing of the test's scenario was attempted: no call and no registration"
+    return None
+
+
+def judge(summary: results_pb2.RunSummary, gates: list[tests_pb2.QualityGate], endpoints_planned: int,
+          endpoints_failed: int) -> tuple[int, list[str]]:
+    """Fills summary.gates; returns (Verdict, reasons for an ERROR or a FAIL)."""
     del summary.gates[:]
+    why_not = nothing_happened(summary, endpoints_planned)
+    if why_not is not None:
+        return runs_pb2.VERDICT_ERROR, [why_not]
+    if not gates:
+        passed = endpoints_failed == 0
+        summary.gates.append(results_pb2.GateResult(gate=DEFAULT_GATE, observed=endpoints_failed, passed=passed))
+        reasons = [] if passed else [f"{DEFAULT_GATE}: {endpoints_failed} of {endpoints_planned} endpoints failed"]
+        return (runs_pb2.VERDICT_PASS if passed else runs_pb2.VERDICT_FAIL), reasons
+    groups = {group.group: group for group in summary.groups}
+    reasons = []
     for gate in gates:
         text = gate_text(gate)
         scope = groups.get(gate.group) if gate.group else summary.total
@@ -61,7 +90,15 @@ def judge(summary: results_pb2.RunSummary, gates: list[tests_pb2.QualityGate]) -
         value = read(scope) if scope is not None and read is not None else None
         compare = COMPARISONS.get(gate.comparison)
         passed = value is not None and compare is not None and compare[1](value, gate.threshold)
-        summary.gates.append(results_pb2.GateResult(gate=text, observed=value or 0.0, passed=passed))
+        result = results_pb2.GateResult(gate=text, passed=passed)
+        if value is not None:
+            result.observed = value
+        summary.gates.append(result)
         if not passed:
             reasons.append(f"{text}: not measured" if value is None else f"{text}: observed {value:.3g}")
     return (runs_pb2.VERDICT_FAIL if reasons else runs_pb2.VERDICT_PASS), reasons
+
+
+def observed_text(gate: results_pb2.GateResult) -> str:
+    """"observed 4.2" or "not measured", as every output words it."""
+    return f"observed {gate.observed:g}" if gate.HasField("observed") else "not measured"

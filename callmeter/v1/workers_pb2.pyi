@@ -127,18 +127,27 @@ class Heartbeat(_message.Message):
     def __init__(self, sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., running_endpoints: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., dropped_samples: _Optional[int] = ...) -> None: ...
 
 class AssignmentStatus(_message.Message):
-    __slots__ = ("run_id", "state", "endpoints_running", "endpoints_failed", "errors")
+    __slots__ = ("run_id", "state", "endpoints_running", "endpoints_failed", "errors", "endpoints_failed_by_group")
+    class EndpointsFailedByGroupEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_RUNNING_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FAILED_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FAILED_BY_GROUP_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     state: AssignmentState
     endpoints_running: int
     endpoints_failed: int
     errors: _containers.RepeatedCompositeFieldContainer[EndpointError]
-    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[AssignmentState, str]] = ..., endpoints_running: _Optional[int] = ..., endpoints_failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[EndpointError, _Mapping]]] = ...) -> None: ...
+    endpoints_failed_by_group: _containers.ScalarMap[str, int]
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[AssignmentState, str]] = ..., endpoints_running: _Optional[int] = ..., endpoints_failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[EndpointError, _Mapping]]] = ..., endpoints_failed_by_group: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class EndpointError(_message.Message):
     __slots__ = ("group", "endpoint", "sip_code", "reason")

@@ -3,11 +3,11 @@
 Every query reads ``FINAL``, so a sample stored twice (a replayed batch) counts once. Stored
 values are the catalog's scaled integers; results are divided by ``Metric.scale`` into the
 metric's unit. Percentiles use quantileExactInclusive: exact, interpolated like NumPy's
-default percentile. An aggregate over no qualifying rows is 0.
+default percentile.
 
 Run summaries (GetRunSummary, WatchRun's progress, trends) read the rollups, not the raw rows:
 rollup_group_seconds adds each group-second's sums up and merges its exact quantile states,
-rollup_endpoints gives the endpoints and their registration at their last second. What they
+rollup_endpoints gives the endpoints. What they
 count is defined in schema.py (GROUP_SECOND_COLUMNS), per group and for the whole run:
 - mos_avg, mos_min: over seconds with a call active and a MOS computed (mos > 0; a MOS is
   never below 1, so 0 means "not computed yet");
@@ -17,11 +17,16 @@ count is defined in schema.py (GROUP_SECOND_COLUMNS), per group and for the whol
   call weighs once, however long it lasted;
 - failures_by_code: each second's calls_failed filed under that second's call_last_code (see
   schema.failure_code_sql).
+- registered, register_attempted: endpoints that held a registration, or sent a REGISTER, in
+  any second of the run (read from endpoint_seconds without FINAL: a replayed row names the
+  same endpoint again, which a distinct count ignores; only three narrow columns are read);
+- a quality figure over no qualifying rows is not measured: the field is left unset.
 Series and top endpoints read endpoint_seconds (any metric, any aggregate, one endpoint).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from callmeter.catalog import BY_NAME, Metric
@@ -54,7 +59,8 @@ TREND_FIELDS = tuple(
 
 
 def _p95(column: str) -> str:
-    return f"ifNotFinite(quantileExactInclusiveMerge({P95})({column}), 0)"
+    """NaN over no rows: not measured."""
+    return f"quantileExactInclusiveMerge({P95})({column})"
 
 
 _MOS_SCALE = BY_NAME["mos"].scale
@@ -69,7 +75,7 @@ SELECT run_id, `group`, grouping(`group`) AS is_total,
   sum(calls_attempted), sum(calls_connected), sum(calls_failed), sumMap(failures_by_code),
   sumIf(calls_attempted, {_PLACING}), sumIf(calls_connected, {_PLACING}), sumIf(calls_failed, {_PLACING}),
   sumMapIf(failures_by_code, {_PLACING}),
-  ifNotFinite(sum(mos_sum) / sum(mos_count) / {_MOS_SCALE}, 0),
+  sum(mos_count), sum(mos_sum) / sum(mos_count) / {_MOS_SCALE},
   minIf(mos_min, mos_count > 0) / {_MOS_SCALE},
   {_p95('jitter_ms')},
   sum(rx_lost), sum(rx_packets),
@@ -83,11 +89,24 @@ GROUP BY GROUPING SETS ((run_id, `group`), (run_id))
 """
 
 _ENDPOINTS_SQL = f"""
-SELECT run_id, `group`, grouping(`group`), count(), countIf(registered = 1)
+SELECT run_id, `group`, grouping(`group`), count()
 FROM {ENDPOINTS_TABLE} FINAL
 WHERE run_id IN {{runs:Array(String)}}
 GROUP BY GROUPING SETS ((run_id, `group`), (run_id))
 """
+
+_REGISTERED_SQL = f"""
+SELECT run_id, `group`, grouping(`group`),
+  uniqExactIf((`group`, endpoint), registered = 1), uniqExactIf((`group`, endpoint), register_attempts > 0)
+FROM {SAMPLES_TABLE}
+WHERE run_id IN {{runs:Array(String)}} AND (registered = 1 OR register_attempts > 0)
+GROUP BY GROUPING SETS ((run_id, `group`), (run_id))
+"""
+
+
+def _set_measured(summary: results_pb2.GroupSummary, field: str, value: float | None) -> None:
+    if value is not None and math.isfinite(value):
+        setattr(summary, field, value)
 
 
 def group_summaries(client, run_ids: Sequence[str]) -> dict[str, dict[str, results_pb2.GroupSummary]]:  # type: ignore[no-untyped-def]
@@ -102,19 +121,25 @@ def group_summaries(client, run_ids: Sequence[str]) -> dict[str, dict[str, resul
         key = "" if is_total else group
         return found.setdefault(run_id, {}).setdefault(key, results_pb2.GroupSummary(group=key))
 
-    for (run_id, group, is_total, attempted, connected, failed, by_code, *placed, mos_avg, mos_min, jitter_p95,
-         lost, received, rtt_p95, setup_p95) in client.query(_SUMMARY_SQL, parameters=params).result_rows:
+    for (run_id, group, is_total, attempted, connected, failed, by_code, *placed, mos_count, mos_avg, mos_min,
+         jitter_p95, lost, received, rtt_p95, setup_p95) in client.query(_SUMMARY_SQL, parameters=params).result_rows:
         s = summary(run_id, group, is_total)
         if is_total and placed[0]:
             attempted, connected, failed, by_code = placed
         s.calls_attempted, s.calls_connected, s.calls_failed = attempted, connected, failed
         s.failures_by_code.update(by_code)
-        s.mos_avg, s.mos_min, s.jitter_ms_p95 = mos_avg, mos_min, jitter_p95
-        s.loss_pct = 100.0 * lost / (received + lost) if received + lost else 0.0
-        s.rtt_ms_p95, s.setup_ms_p95 = rtt_p95, setup_p95
-    for run_id, group, is_total, endpoints, registered in client.query(_ENDPOINTS_SQL, parameters=params).result_rows:
+        if mos_count:
+            s.mos_avg, s.mos_min = mos_avg, mos_min
+        _set_measured(s, "jitter_ms_p95", jitter_p95)
+        _set_measured(s, "loss_pct", 100.0 * lost / (received + lost) if received + lost else None)
+        _set_measured(s, "rtt_ms_p95", rtt_p95)
+        _set_measured(s, "setup_ms_p95", setup_p95)
+    for run_id, group, is_total, endpoints in client.query(_ENDPOINTS_SQL, parameters=params).result_rows:
+        summary(run_id, group, is_total).endpoints = endpoints
+    for run_id, group, is_total, registered, attempted in client.query(_REGISTERED_SQL,
+                                                                       parameters=params).result_rows:
         s = summary(run_id, group, is_total)
-        s.endpoints, s.registered = endpoints, registered
+        s.registered, s.register_attempted = registered, attempted
     return found
 
 
@@ -189,5 +214,8 @@ def trend(client, test_id: str, field: str, limit: int) -> list[results_pb2.Tren
         "ORDER BY started DESC, run_id DESC LIMIT {limit:UInt32}",
         parameters={"test_id": test_id, "limit": limit}).result_rows
     summaries = group_summaries(client, [run_id for run_id, _ in runs])
-    return [results_pb2.TrendPoint(run_id=run_id, started_at=started, value=getattr(summaries[run_id][""], field))
-            for run_id, started in runs]
+    # A run in which the field was not measured has no point (not a 0).
+    return [results_pb2.TrendPoint(run_id=run_id, started_at=started, value=getattr(total, field))
+            for run_id, started in runs
+            if not (total := summaries[run_id][""]).DESCRIPTOR.fields_by_name[field].has_presence
+            or total.HasField(field)]

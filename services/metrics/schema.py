@@ -8,8 +8,8 @@ run_tests maps runs to their test for trends (filled from the orchestrator's run
 Two rollups hold what run summaries need, so a summary does not read raw rows:
 - rollup_group_seconds, one row per (run, group, second): sums, counts, the MOS minimum, the
   failures by code, and the exact quantile states of the summary's p95s;
-- rollup_endpoints, one row per (run, group, endpoint): its newest second and whether it was
-  registered then (the summary's "registered" and "endpoints").
+- rollup_endpoints, one row per (run, group, endpoint): its newest second (the summary's
+  "endpoints").
 Ingest recomputes, after each insert into endpoint_seconds, the rollup rows of every (run, group,
 second) the insert touched, from endpoint_seconds FINAL (``rollup_refresh_sql``). A recomputed row
 replaces the earlier one (ReplacingMergeTree), so a replayed batch, however it arrives, cannot be
@@ -160,10 +160,9 @@ GROUP_SECOND_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 #: rollup_endpoints after its key (run_id, group, endpoint): the newest second seen (the row's
-#: version, so the newest wins) and the endpoint's registration then.
+#: version, so the newest wins).
 ENDPOINT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("second", "DateTime", "max(second)"),
-    ("registered", "UInt8", "argMax(registered, second)"),
 )
 
 

@@ -1,8 +1,9 @@
 """The run lifecycle as plain functions over the state store, so an orchestrator restart resumes
 every run from what is stored: nothing about a run lives only in memory.
 
-QUEUED ─submit→ DISPATCHING ─every placement sent→ RUNNING ─all placements ended, or the
-deadline→ COLLECTING ─summary read→ FINISHED. No capacity → FAILED; a user's cancel → CANCELLED.
+QUEUED ─submit→ DISPATCHING ─every placement sent→ RUNNING ─all placements ended→
+COLLECTING ─summary read→ FINISHED. No capacity → FAILED; a user's cancel → CANCELLED; the
+deadline → TIMED_OUT. Cancelled and timed-out runs keep their summary but are not judged (ERROR).
 Placements are pending (ASSIGNMENT_STATE_UNSPECIFIED) until their assignment is delivered.
 """
 
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from callmeter.common.errors import CallmeterError, ErrorCode
+from callmeter.common.run_states import RUN_ENDED
 from callmeter.common.verdict import judge
 from callmeter.state.convert import run_to_proto
 from callmeter.state.models import Run, RunPlacement, TestVersion, Worker, utcnow
@@ -27,7 +29,7 @@ PENDING = ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_UNSPECIFIED)
 TERMINAL = {ASSIGNMENT(s) for s in (workers_pb2.ASSIGNMENT_STATE_DONE, workers_pb2.ASSIGNMENT_STATE_FAILED,
                                     workers_pb2.ASSIGNMENT_STATE_CANCELLED)}
 EXECUTING = [RUN(runs_pb2.RUN_STATE_DISPATCHING), RUN(runs_pb2.RUN_STATE_RUNNING)]
-ENDED = {RUN(s) for s in (runs_pb2.RUN_STATE_FINISHED, runs_pb2.RUN_STATE_FAILED, runs_pb2.RUN_STATE_CANCELLED)}
+ENDED = {RUN(s) for s in RUN_ENDED}
 MAX_ERRORS_KEPT = 100
 # Workers start an assignment this long after it is sent, so that all of a run's workers begin together.
 START_DELAY = timedelta(seconds=1)
@@ -151,15 +153,29 @@ def record_status(session: Session, worker_id: str, status: workers_pb2.Assignme
     placements = list(session.scalars(sa.select(RunPlacement).where(
         RunPlacement.run_id == status.run_id, RunPlacement.worker_id == worker_id)))
     stray = status.state in WORKER_EXECUTING and all(p.state in TERMINAL for p in placements)
-    new_errors = [f"{e.group}[{e.endpoint}]: {e.reason}" + (f" (SIP {e.sip_code})" if e.sip_code else "")
-                  for e in status.errors]
+    refused = status.state == workers_pb2.ASSIGNMENT_STATE_FAILED
+    failed_left = dict(status.endpoints_failed_by_group)
+    errors = {id(p): list(p.errors) for p in placements}
+    for e in status.errors:
+        text = f"[{e.endpoint}]: {e.reason}" + (f" (SIP {e.sip_code})" if e.sip_code else "") if e.group else e.reason
+        owner = next((p for p in placements if p.group_name == e.group and
+                      p.first_index <= e.endpoint < p.first_index + p.count), placements[0] if placements else None)
+        # Each status repeats the worker's newest errors: keep each once.
+        if owner is not None and owner.state not in TERMINAL and text not in errors[id(owner)]:
+            errors[id(owner)].append(text)
     for placement in placements:
         if placement.state in TERMINAL:
             continue
         placement.state = ASSIGNMENT(status.state)
-        placement.endpoints_failed = min(placement.count, status.endpoints_failed)
-        placement.errors = [*placement.errors, *new_errors][:MAX_ERRORS_KEPT]
-        new_errors = []  # recorded once per worker, on its first placement
+        if refused:  # the worker could not run its part: none of its endpoints ran
+            placement.endpoints_failed = placement.count
+        elif failed_left or not status.endpoints_failed:  # a group's failures over its placements here
+            failed = min(placement.count, failed_left.get(placement.group_name, 0))
+            failed_left[placement.group_name] = failed_left.get(placement.group_name, 0) - failed
+            placement.endpoints_failed = failed
+        else:  # a worker older than endpoints_failed_by_group
+            placement.endpoints_failed = min(placement.count, status.endpoints_failed)
+        placement.errors = errors[id(placement)][:MAX_ERRORS_KEPT]
     return stray
 
 
@@ -175,10 +191,16 @@ def advance(sessions: sessionmaker[Session], now: datetime, lost_after_s: float,
             if run.deadline_at is not None and now >= run.deadline_at:
                 for worker_id in {p.worker_id for p in placements if p.state not in TERMINAL}:
                     cancels.append(Dispatch(run.id, worker_id, workers_pb2.Assignment(run_id=run.id)))
+                running = sum(p.count - p.endpoints_failed for p in placements if p.state not in TERMINAL)
                 for placement in placements:
                     if placement.state not in TERMINAL:
                         placement.state = ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_CANCELLED)
-                run.reasons = [*run.reasons, "the run reached its timeout"]
+                run.state, run.verdict = RUN(runs_pb2.RUN_STATE_TIMED_OUT), runs_pb2.Verdict.Name(runs_pb2.VERDICT_ERROR)
+                run.ended_at = now
+                timeout_s = (run.deadline_at - run.created_at).total_seconds() if run.created_at else 0
+                run.reasons = [*run.reasons, f"the run reached its timeout ({timeout_s:g} s) with {running} "
+                                             "endpoints still running; not judged"]
+                continue
             for placement in placements:
                 if placement.state not in TERMINAL and _lost(session.get(Worker, placement.worker_id), now, lost_after_s):
                     placement.state = ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_FAILED)
@@ -188,7 +210,8 @@ def advance(sessions: sessionmaker[Session], now: datetime, lost_after_s: float,
                 run.state, run.ended_at = RUN(runs_pb2.RUN_STATE_COLLECTING), now
         due = now - timedelta(seconds=collect_delay_s)
         for run in session.scalars(sa.select(Run).where(
-                Run.state.in_([RUN(runs_pb2.RUN_STATE_COLLECTING), RUN(runs_pb2.RUN_STATE_CANCELLED)]),
+                Run.state.in_([RUN(runs_pb2.RUN_STATE_COLLECTING), RUN(runs_pb2.RUN_STATE_CANCELLED),
+                               RUN(runs_pb2.RUN_STATE_TIMED_OUT)]),
                 Run.summary.is_(None), Run.ended_at <= due)):
             collects.append(Collect(run.id, [group.name for group in _spec(session, run).groups]))
     return cancels, collects
@@ -203,23 +226,43 @@ def _lost(worker: Worker | None, now: datetime, lost_after_s: float) -> bool:
 
 
 def finish(sessions: sessionmaker[Session], run_id: str, summary: results_pb2.RunSummary) -> None:
-    """Stores the summary; a collecting run gets its verdict and FINISHED (FAILED if nothing ran)."""
+    """Stores the summary; a collecting run gets its verdict (callmeter/common/verdict.py) and
+    FINISHED, or FAILED when it cannot be judged (nothing ran, nothing was attempted)."""
     with sessions.begin() as session:
         run = session.get(Run, run_id)
         if run is None or run.summary is not None:
             return
         placements = _placements(session, run_id)
-        errors = [f"{p.group_name} on worker {p.worker_id[:8]}: {e}" for p in placements for e in p.errors]
         if run.state == RUN(runs_pb2.RUN_STATE_COLLECTING):
             spec = _spec(session, run)
-            if placements and all(p.endpoints_failed >= p.count for p in placements) and not summary.total.calls_attempted:
-                run.state, run.verdict = RUN(runs_pb2.RUN_STATE_FAILED), runs_pb2.Verdict.Name(runs_pb2.VERDICT_ERROR)
-                run.reasons = [*run.reasons, "no endpoint ran", *errors[:10]]
-            else:
-                verdict, reasons = judge(summary, list(spec.gates))
-                run.state, run.verdict = RUN(runs_pb2.RUN_STATE_FINISHED), runs_pb2.Verdict.Name(verdict)
-                run.reasons = [*run.reasons, *reasons, *errors[:10]]
+            planned = sum(p.count for p in placements)
+            failed = sum(p.endpoints_failed for p in placements)
+            verdict, reasons = judge(summary, list(spec.gates), planned, failed)
+            ended = runs_pb2.RUN_STATE_FAILED if verdict == runs_pb2.VERDICT_ERROR else runs_pb2.RUN_STATE_FINISHED
+            run.state, run.verdict = RUN(ended), runs_pb2.Verdict.Name(verdict)
+            run.reasons = [*run.reasons, *reasons, *error_reasons(placements)]
         run.summary = summary.SerializeToString()
+
+
+#: Example endpoints named per cause in a run's reasons.
+EXAMPLES_PER_CAUSE = 3
+
+
+def error_reasons(placements: list[RunPlacement]) -> list[str]:
+    """The endpoints' errors grouped by group and cause, most frequent first, with a count and a few
+    example endpoints: "group callers: 5 endpoints: registration failed (SIP 401) (e.g. [0], [3])"."""
+    causes: dict[tuple[str, str], list[str]] = {}
+    for placement in placements:
+        for error in placement.errors:
+            endpoint, _, cause = error.partition("]: ") if error.startswith("[") else ("", "", error)
+            causes.setdefault((placement.group_name, cause), []).append(endpoint + "]" if endpoint else "")
+    lines = []
+    for (group, cause), endpoints in sorted(causes.items(), key=lambda item: (-len(item[1]), item[0])):
+        named = [e for e in endpoints if e]
+        count = f"{len(named)} endpoint{'s' if len(named) != 1 else ''}: " if named else ""
+        examples = f" (e.g. {', '.join(named[:EXAMPLES_PER_CAUSE])})" if named else ""
+        lines.append(f"group {group}: {count}{cause}{examples}")
+    return lines
 
 
 def cancel(sessions: sessionmaker[Session], run_id: str) -> tuple[runs_pb2.Run, list[Dispatch]]:

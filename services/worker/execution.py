@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import structlog
@@ -57,7 +58,8 @@ class RunExecution:
         return workers_pb2.AssignmentStatus(run_id=self.run_id, state=self.state,
                                             endpoints_running=self.running_endpoints,
                                             endpoints_failed=len(self.erred | self.lost),
-                                            errors=self.errors[-MAX_ERRORS_SENT:])
+                                            errors=self.errors[-MAX_ERRORS_SENT:],
+                                            endpoints_failed_by_group=Counter(g for g, _ in self.erred | self.lost))
 
     def _report(self, state: int | None = None) -> None:
         if state is not None:

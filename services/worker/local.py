@@ -17,17 +17,19 @@ Stdout carries JSON lines only, one object per line, told apart by ``type``:
   "sip_code", "reason"}`` (``second``: when the worker got it).
 - ``summary``: after the run, one per group and last one for the whole run (``group`` ""), in
   real units, counted as the platform's run summary counts them (services/metrics/queries.py).
-  The last line also has ``run_id``, ``state`` (done, cancelled, failed), the file's quality
-  gates judged as the platform judges them (callmeter/common/verdict.py) on the same numbers:
-  ``verdict`` (pass, fail, or none without gates), ``reasons`` (one per failed gate, as the
-  platform words them), ``gates`` (each ``{"gate", "observed", "passed"}``), and ``exit_code``.
+  A figure that was not measured (no call connected, no RTCP) is null, never 0.
+  The last line also has ``run_id``, ``state`` (done, cancelled, failed), the run judged as the
+  platform judges it (callmeter/common/verdict.py, docs/verdict.md) on the same numbers:
+  ``verdict`` (pass, fail, or error when nothing was attempted), ``reasons`` (as the platform
+  words them), ``gates`` (each ``{"gate", "observed", "passed"}``; without gates in the file,
+  the default gate ``endpoints_failed == 0``), and ``exit_code``.
 
 Logs (the worker's and the engines') go to stderr. The run ends when every phone has finished
 its scenario, at ``--duration`` or the file's ``timeout`` after the start, or on SIGINT/SIGTERM
 (a second signal exits 130 at once); the summary is printed, and the gates judged on what was
-measured, in every case. Exit codes: 0 when every gate held (or there were none) and no endpoint
-failed, 1 when a gate failed or an endpoint did (an endpoint error, an engine that died), 2 when
-the run could not start (a bad file, a codec or feature the engine lacks, a missing credential).
+measured, in every case. Exit codes: 0 the verdict is pass, 1 fail (a gate, or without gates an
+endpoint, failed), 2 when the run could not start (a bad file, a codec or feature the engine lacks,
+a missing credential) or nothing of it happened (verdict error).
 """
 
 from __future__ import annotations
@@ -183,8 +185,9 @@ class _Totals:
     rx_packets: int = 0
     register_attempts: int = 0
     register_failures: int = 0
-    # (group, endpoint) -> registered in its newest second; its keys are the endpoints that reported
+    # (group, endpoint) -> registered in any second so far; its keys are the endpoints that reported
     registered: dict[tuple[str, int], bool] = field(default_factory=dict)
+    register_attempted: set[tuple[str, int]] = field(default_factory=set)
     failed_endpoints: set[tuple[str, int]] = field(default_factory=set)
     errors: int = 0
     mos: array.array[int] = field(default_factory=lambda: array.array("I"))
@@ -203,7 +206,10 @@ class _Totals:
         self.rx_packets += m.rx_packets
         self.register_attempts += m.register_attempts
         self.register_failures += m.register_failures
-        self.registered[(sample.group, sample.endpoint)] = m.registered
+        key = (sample.group, sample.endpoint)
+        self.registered[key] = self.registered.get(key, False) or m.registered
+        if m.register_attempts:
+            self.register_attempted.add(key)
         if m.call_active:
             self.jitter.append(m.rx_jitter_us)
             if m.mos:  # 0: the E-model has no value yet
@@ -219,6 +225,7 @@ class _Totals:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.failures_by_code.update(other.failures_by_code)
         self.registered.update(other.registered)
+        self.register_attempted.update(other.register_attempted)
         self.failed_endpoints.update(other.failed_endpoints)
         for name in ("mos", "jitter", "rtt", "setup"):
             getattr(self, name).extend(getattr(other, name))
@@ -226,21 +233,28 @@ class _Totals:
     def group_summary(self, group: str) -> results_pb2.GroupSummary:
         """The platform's GroupSummary of these samples (services/metrics/queries.py), in real units."""
         lost_and_received = self.rx_lost + self.rx_packets
-        return results_pb2.GroupSummary(
+        summary = results_pb2.GroupSummary(
             group=group,
             endpoints=len(self.registered),
             registered=sum(self.registered.values()),
+            register_attempted=len(self.register_attempted),
             calls_attempted=self.calls_attempted,
             calls_connected=self.calls_connected,
             calls_failed=self.calls_failed,
             failures_by_code=self.failures_by_code,
-            mos_avg=sum(self.mos) / len(self.mos) / BY_NAME["mos"].scale if self.mos else 0.0,
-            mos_min=min(self.mos) / BY_NAME["mos"].scale if self.mos else 0.0,
-            jitter_ms_p95=percentile(self.jitter, 0.95) / BY_NAME["rx_jitter_us"].scale,
-            loss_pct=100.0 * self.rx_lost / lost_and_received if lost_and_received else 0.0,
-            rtt_ms_p95=percentile(self.rtt, 0.95) / BY_NAME["rtt_us"].scale,
-            setup_ms_p95=percentile(self.setup, 0.95) / BY_NAME["setup_time_ms"].scale,
         )
+        if self.mos:  # a figure over nothing is not measured: left unset, never 0
+            summary.mos_avg = sum(self.mos) / len(self.mos) / BY_NAME["mos"].scale
+            summary.mos_min = min(self.mos) / BY_NAME["mos"].scale
+        if self.jitter:
+            summary.jitter_ms_p95 = percentile(self.jitter, 0.95) / BY_NAME["rx_jitter_us"].scale
+        if lost_and_received:
+            summary.loss_pct = 100.0 * self.rx_lost / lost_and_received
+        if self.rtt:
+            summary.rtt_ms_p95 = percentile(self.rtt, 0.95) / BY_NAME["rtt_us"].scale
+        if self.setup:
+            summary.setup_ms_p95 = percentile(self.setup, 0.95) / BY_NAME["setup_time_ms"].scale
+        return summary
 
     def summary_line(self, summary: results_pb2.GroupSummary) -> dict[str, Any]:
         """A summary line: ``summary`` (this group_summary) and what only local mode counts."""
@@ -257,13 +271,13 @@ class _Totals:
             "calls_connected": summary.calls_connected,
             "calls_failed": summary.calls_failed,
             "failures_by_code": {str(code): count for code, count in sorted(summary.failures_by_code.items())},
-            "mos_avg": _round(summary.mos_avg),
-            "mos_min": _round(summary.mos_min),
-            "jitter_ms_p95": _round(summary.jitter_ms_p95),
-            "loss_pct": _round(summary.loss_pct),
-            "rtt_ms_p95": _round(summary.rtt_ms_p95),
-            "setup_ms_p50": _round(percentile(self.setup, 0.5) / BY_NAME["setup_time_ms"].scale),
-            "setup_ms_p95": _round(summary.setup_ms_p95),
+            "mos_avg": _measured(summary, "mos_avg"),
+            "mos_min": _measured(summary, "mos_min"),
+            "jitter_ms_p95": _measured(summary, "jitter_ms_p95"),
+            "loss_pct": _measured(summary, "loss_pct"),
+            "rtt_ms_p95": _measured(summary, "rtt_ms_p95"),
+            "setup_ms_p50": _round(percentile(self.setup, 0.5) / BY_NAME["setup_time_ms"].scale) if self.setup else None,
+            "setup_ms_p95": _measured(summary, "setup_ms_p95"),
         }
 
 
@@ -283,23 +297,23 @@ def _round(value: float) -> float:
     return round(value, 3)
 
 
+def _measured(summary: results_pb2.GroupSummary, name: str) -> float | None:
+    """The figure rounded, or None (JSON null) when it was not measured."""
+    return _round(getattr(summary, name)) if summary.HasField(name) else None
+
+
 @dataclass
 class Verdict:
-    """The file's gates judged: ``name`` pass, fail, or none (the file has no gates)."""
+    """The run judged as the platform judges it: ``name`` pass, fail or error."""
 
     name: str
     reasons: list[str]
 
-    @property
-    def failed(self) -> bool:
-        return self.name == "fail"
 
-
-def judge_gates(spec: tests_pb2.TestSpec, summary: results_pb2.RunSummary) -> Verdict:
-    """The platform's verdict on the summary (fills summary.gates)."""
-    if not spec.gates:
-        return Verdict("none", [])
-    verdict, reasons = judge(summary, list(spec.gates))
+def judge_run(spec: tests_pb2.TestSpec, summary: results_pb2.RunSummary, endpoints_failed: int) -> Verdict:
+    """The platform's verdict on the summary (fills summary.gates; the default gate without gates)."""
+    planned = sum(group.count for group in spec.groups)
+    verdict, reasons = judge(summary, list(spec.gates), planned, endpoints_failed)
     return Verdict(word(runs_pb2.Verdict, verdict), reasons)
 
 
@@ -369,7 +383,8 @@ class LocalOutput:
         """One line per group, then the run's with its verdict."""
         for group in summary.groups:
             self.lines.write(self.totals[group.group].summary_line(group))
-        gates = [{"gate": g.gate, "observed": _round(g.observed), "passed": g.passed} for g in summary.gates]
+        gates = [{"gate": g.gate, "observed": _round(g.observed) if g.HasField("observed") else None,
+                  "passed": g.passed} for g in summary.gates]
         self.lines.write({**run.summary_line(summary.total), "run_id": summary.run_id, "state": state,
                           "verdict": verdict.name, "reasons": verdict.reasons, "gates": gates,
                           "exit_code": exit_code})
@@ -431,9 +446,8 @@ async def run_local(settings: WorkerSettings, spec: tests_pb2.TestSpec, lines: J
         supervisor.flush()
     status = supervisor.finished.get(run_id) or output.status or workers_pb2.AssignmentStatus()
     summary, run = output.run_summary(run_id)
-    verdict = judge_gates(spec, summary)
-    failed = status.state == workers_pb2.ASSIGNMENT_STATE_FAILED or status.endpoints_failed > 0 or verdict.failed
-    exit_code = ExitCode.RUN_FAILED if failed else ExitCode.OK
+    verdict = judge_run(spec, summary, status.endpoints_failed)
+    exit_code = {"pass": ExitCode.OK, "fail": ExitCode.RUN_FAILED}.get(verdict.name, ExitCode.ERROR)
     state = word(workers_pb2.AssignmentState, status.state)
     output.summaries(summary, run, verdict, state, int(exit_code))
     log.info("local_run_ended", run_id=run_id, state=state, endpoints_failed=status.endpoints_failed,

@@ -7,7 +7,7 @@ processes, and a dead one is reported, not fatal.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 import structlog
@@ -94,9 +94,15 @@ class Supervisor:
     def _status(self, status: workers_pb2.AssignmentStatus) -> None:
         self.send(workers_pb2.WorkerMessage(status=status))
 
-    def _refuse(self, run_id: str, reason: str) -> None:
-        log.warning("assignment_refused", run_id=run_id, reason=reason)
-        self._status(workers_pb2.AssignmentStatus(run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_FAILED,
+    def _refuse(self, assignment: workers_pb2.Assignment, reason: str) -> None:
+        """The whole assignment failed: none of its endpoints runs."""
+        log.warning("assignment_refused", run_id=assignment.run_id, reason=reason)
+        by_group = Counter[str]()
+        for piece in assignment.slices:
+            by_group[piece.group] += piece.count
+        self._status(workers_pb2.AssignmentStatus(run_id=assignment.run_id, state=workers_pb2.ASSIGNMENT_STATE_FAILED,
+                                                  endpoints_failed=sum(by_group.values()),
+                                                  endpoints_failed_by_group=by_group,
                                                   errors=[workers_pb2.EndpointError(reason=reason)]))
 
     def _accept(self, assignment: workers_pb2.Assignment) -> None:
@@ -105,16 +111,16 @@ class Supervisor:
             return  # a resent assignment: already running or run
         per_engine = min(self.capacity.engine_max_calls, self.capacity.engine_max_accounts)
         if per_engine < 1:
-            self._refuse(run_id, "this worker has no working SIP engine; see its log")
+            self._refuse(assignment, "this worker has no working SIP engine; see its log")
             return
         packed = pack(assignment.spec, list(assignment.slices), per_engine)
         if len(packed) > len(self.free_slots):
-            self._refuse(run_id, f"needs {len(packed)} engines, {len(self.free_slots)} free on this worker")
+            self._refuse(assignment, f"needs {len(packed)} engines, {len(self.free_slots)} free on this worker")
             return
         refs = {group.credential_ref for group in assignment.spec.groups if group.credential_ref}
         found, missing = credentials.resolve(refs, self.secrets)
         if missing:
-            self._refuse(run_id, f"credential {', '.join(map(repr, missing))} is not defined on this worker")
+            self._refuse(assignment, f"credential {', '.join(map(repr, missing))} is not defined on this worker")
             return
         slots = [self.free_slots.pop(0) for _ in packed]
         execution = RunExecution(assignment, packed, [self.slot_ranges[slot] for slot in slots], found,
@@ -129,7 +135,8 @@ class Supervisor:
             await execution.run()
         except Exception:  # an unexpected supervisor bug fails this run, not the worker
             log.exception("execution_failed", run_id=execution.run_id)
-            self._refuse(execution.run_id, "internal error in the worker; see its log")
+            self._refuse(workers_pb2.Assignment(run_id=execution.run_id, slices=[
+                piece for slices in execution.packed for piece in slices]), "internal error in the worker; see its log")
         finally:
             self.flush()
             self.finished[execution.run_id] = execution.status()

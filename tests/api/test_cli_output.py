@@ -37,11 +37,13 @@ def test_json_has_exactly_the_documented_shape() -> None:
     assert data["gates"] == [{"gate": "mos_avg >= 4.0", "observed": 4.21, "passed": True},
                              {"gate": "group callers: calls_failed_pct == 0", "observed": 5.0, "passed": False}]
     assert data["groups"][0] == {
-        "name": "callers", "endpoints": 10, "registered": 10, "calls_attempted": 20, "calls_connected": 19,
-        "mos_avg": 4.21, "mos_min": 3.5, "jitter_ms_p95": 4.5, "loss_pct": 0.25, "rtt_ms_p95": 12.0,
+        "name": "callers", "endpoints": 10, "registered": 10, "register_attempted": 0, "calls_attempted": 20,
+        "calls_connected": 19, "calls_failed": 1, "mos_avg": 4.21, "mos_min": 3.5, "jitter_ms_p95": 4.5, "loss_pct": 0.25, "rtt_ms_p95": 12.0,
         "setup_ms_p95": 180.0,
     }
     assert [g["name"] for g in data["groups"]] == ["callers", "callees"]
+    not_measured = ("mos_avg", "mos_min", "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95")
+    assert all(data["groups"][1][field] is None for field in not_measured), "not measured is null, not 0"
     summary.total.CopyFrom(summary.groups[0])
     assert run_json(run, summary)["total"] == {k: v for k, v in data["groups"][0].items() if k != "name"}
     assert (run_json(run, None)["groups"], run_json(run, None)["gates"], run_json(run, None)["total"]) == ([], [], None)
@@ -103,3 +105,26 @@ def test_progress_without_a_terminal_is_plain_lines_at_state_changes() -> None:
     assert "\r" not in out.getvalue()
     assert progress_line(live[1]).split()[1:] == ["running", "callers:", "10", "ep", "10", "reg", "19", "conn",
                                                   "MOS", "4.21"]
+
+
+def test_a_figure_or_gate_never_measured_says_so_everywhere_never_0() -> None:
+    run, summary = fabricated()
+    summary.gates[1].ClearField("observed")
+    table = format_result(run, summary)
+    callees = next(line for line in table.splitlines() if line.startswith("callees"))
+    assert callees.count("not measured") == 6 and "0.00" not in callees
+    assert "FAIL  group callers: calls_failed_pct == 0  (not measured)" in table
+    assert run_json(run, summary)["gates"][1]["observed"] is None
+    failure = ET.fromstring(junit_xml("smoke", run, summary)).find("testsuite/testcase[2]/failure")
+    assert failure is not None and failure.get("message") == "not measured"
+
+
+def test_a_run_that_could_not_be_judged_is_an_error_in_junit_and_exit_code() -> None:
+    run, summary = fabricated()
+    run.state, run.verdict = runs_pb2.RUN_STATE_TIMED_OUT, runs_pb2.VERDICT_ERROR
+    run.reasons[:] = ["the run reached its timeout (60 s) with 4 endpoints still running; not judged"]
+    suite = ET.fromstring(junit_xml("smoke", run, summary)).find("testsuite")
+    assert suite is not None and suite.get("errors") == "1"
+    assert exit_code(run) == ExitCode.ERROR
+    run.state = runs_pb2.RUN_STATE_FAILED
+    assert exit_code(run) == ExitCode.ERROR

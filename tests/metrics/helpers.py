@@ -164,16 +164,13 @@ def expected_summary(data: dict[str, np.ndarray], rows: np.ndarray) -> dict:  # 
     """The GroupSummary fields of the selected rows, by NumPy (as_dict's form)."""
     d = {k: v[rows] for k, v in data.items()}
     keys = list(zip(d["group"], d["endpoint"], strict=True))
-    last = {}
-    for i in np.argsort(d["second"], kind="stable"):
-        last[keys[i]] = d["registered"][i]
     measured = d["call_active"] & (d["mos"] > 0)
     failed = d["calls_failed"] > 0
     codes = np.where(d["call_last_code"] >= 300, d["call_last_code"], 0)
     lost, received = d["rx_lost"].sum(), d["rx_packets"].sum()
     return {
         "endpoints": len(set(keys)),
-        "registered": sum(bool(v) for v in last.values()),
+        "registered": len({key for key, registered in zip(keys, d["registered"], strict=True) if registered}),
         "calls_attempted": int(d["calls_attempted"].sum()),
         "calls_connected": int(d["calls_connected"].sum()),
         "calls_failed": int(d["calls_failed"].sum()),

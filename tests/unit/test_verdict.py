@@ -1,0 +1,80 @@
+"""The verdict rule (docs/verdict.md): nothing happened is an ERROR, not measured is not 0, the default gate."""
+
+from __future__ import annotations
+
+from callmeter.common.verdict import DEFAULT_GATE, GATE_METRICS, METRICS, judge
+from callmeter.v1 import results_pb2, runs_pb2, tests_pb2
+
+
+def summary(**total: float) -> results_pb2.RunSummary:
+    return results_pb2.RunSummary(total=results_pb2.GroupSummary(endpoints=10, **total), groups=[
+        results_pb2.GroupSummary(group="callers", endpoints=10, mos_avg=3.1, calls_attempted=1, calls_connected=1)])
+
+
+def gate(metric: str, comparison: int, threshold: float, group: str = "") -> tests_pb2.QualityGate:
+    return tests_pb2.QualityGate(metric=metric, comparison=comparison, threshold=threshold, group=group)
+
+
+def test_all_gates_hold_is_a_pass() -> None:
+    result = summary(mos_avg=4.3, loss_pct=0.1, calls_attempted=10, calls_connected=10)
+    verdict, reasons = judge(result, [gate("mos_avg", tests_pb2.COMPARISON_GE, 4.0),
+                                      gate("calls_failed_pct", tests_pb2.COMPARISON_EQ, 0)], 10, 0)
+    assert verdict == runs_pb2.VERDICT_PASS and reasons == []
+    assert [(g.passed, g.observed) for g in result.gates] == [(True, 4.3), (True, 0.0)]
+
+
+def test_failed_gates_give_reasons_with_observed_values() -> None:
+    result = summary(mos_avg=4.3, calls_attempted=10, calls_connected=10)
+    verdict, reasons = judge(result, [gate("mos_avg", tests_pb2.COMPARISON_GE, 4.0, group="callers")], 10, 0)
+    assert verdict == runs_pb2.VERDICT_FAIL
+    assert reasons == ["group callers: mos_avg >= 4: observed 3.1"]
+
+
+def test_a_gate_on_what_was_not_measured_fails_and_has_no_observed_value() -> None:
+    result = summary(calls_attempted=3, calls_failed=3)
+    verdict, reasons = judge(result, [gate("mos_avg", tests_pb2.COMPARISON_GE, 1)], 10, 0)
+    assert verdict == runs_pb2.VERDICT_FAIL and reasons == ["mos_avg >= 1: not measured"]
+    assert not result.gates[0].HasField("observed")
+
+
+def test_a_measured_zero_is_a_value_not_a_missing_one() -> None:
+    result = summary(calls_attempted=3, calls_connected=3, loss_pct=0.0)
+    verdict, _ = judge(result, [gate("loss_pct", tests_pb2.COMPARISON_LE, 0)], 10, 0)
+    assert verdict == runs_pb2.VERDICT_PASS and result.gates[0].HasField("observed")
+
+
+def test_no_endpoint_ran_is_an_error_not_a_pass_even_without_gates() -> None:
+    # The worker refused the assignment (a credential it lacks): no sample at all.
+    result = results_pb2.RunSummary(total=results_pb2.GroupSummary())
+    verdict, reasons = judge(result, [], 4, 4)
+    assert verdict == runs_pb2.VERDICT_ERROR
+    assert reasons == ["no endpoint ran: none of the 4 planned endpoints reported a measurement"]
+    verdict, _ = judge(result, [gate("mos_avg", tests_pb2.COMPARISON_GE, 4)], 4, 4)
+    assert verdict == runs_pb2.VERDICT_ERROR and not result.gates, "gates are not judged on nothing"
+
+
+def test_endpoints_that_attempted_nothing_are_an_error() -> None:
+    verdict, reasons = judge(summary(), [], 10, 0)
+    assert verdict == runs_pb2.VERDICT_ERROR and "no call and no registration" in reasons[0]
+    verdict, _ = judge(summary(register_attempted=10, registered=10), [], 10, 0)
+    assert verdict == runs_pb2.VERDICT_PASS, "a registration-only run that registered passes"
+
+
+def test_without_gates_a_failed_endpoint_fails_the_default_gate() -> None:
+    result = summary(register_attempted=10, registered=5)
+    verdict, reasons = judge(result, [], 10, 5)
+    assert verdict == runs_pb2.VERDICT_FAIL
+    assert reasons == [f"{DEFAULT_GATE}: 5 of 10 endpoints failed"]
+    assert [(g.gate, g.observed, g.passed) for g in result.gates] == [(DEFAULT_GATE, 5.0, False)]
+    verdict, _ = judge(summary(register_attempted=10, registered=10), [], 10, 0)
+    assert verdict == runs_pb2.VERDICT_PASS
+
+
+def test_every_gate_metric_reads_a_summary_field() -> None:
+    assert set(METRICS) == GATE_METRICS
+    fields = {f.name for f in results_pb2.GroupSummary.DESCRIPTOR.fields}
+    assert {metric for metric in GATE_METRICS if not metric.endswith("_pct")} <= fields
+    measured = results_pb2.GroupSummary(endpoints=4, registered=4, calls_attempted=2, calls_connected=2, mos_avg=4,
+                                        mos_min=4, jitter_ms_p95=1, loss_pct=0, rtt_ms_p95=1, setup_ms_p95=1)
+    assert all(isinstance(read(measured), float) for read in METRICS.values())
+    assert all(read(results_pb2.GroupSummary()) is None for name, read in METRICS.items() if name != "registered_pct")
