@@ -16,7 +16,10 @@ from services.api.handlers.runs import ENDED, RunView
 log = structlog.get_logger(__name__)
 
 # States in which workers may have sent samples that metrics-ingest can summarize.
-_MEASURED = frozenset({runs_pb2.RUN_STATE_RUNNING, runs_pb2.RUN_STATE_COLLECTING})
+_MEASURED = frozenset({runs_pb2.RUN_STATE_RUNNING, runs_pb2.RUN_STATE_COLLECTING, runs_pb2.RUN_STATE_CANCELLED,
+                       runs_pb2.RUN_STATE_TIMED_OUT})
+# Ended states whose summary the orchestrator collects a moment later: the stream waits for it.
+_SUMMARY_FOLLOWS = frozenset({runs_pb2.RUN_STATE_CANCELLED, runs_pb2.RUN_STATE_TIMED_OUT})
 
 
 async def progress(view: RunView, reload: Callable[[], Awaitable[RunView]], metrics: Metrics,
@@ -26,7 +29,7 @@ async def progress(view: RunView, reload: Callable[[], Awaitable[RunView]], metr
     while True:
         run = view.run
         message = runs_pb2.RunProgress(run_id=run.id, state=run.state, elapsed_s=view.elapsed_s(utcnow()))
-        if run.state in ENDED:
+        if run.state in ENDED and not (run.state in _SUMMARY_FOLLOWS and view.summary is None):
             # The orchestrator writes the summary when it judges the run; a failed run may have none.
             summary = view.summary or results_pb2.RunSummary(run_id=run.id)
             message.groups.extend(summary.groups)

@@ -198,7 +198,7 @@ def advance(sessions: sessionmaker[Session], now: datetime, lost_after_s: float,
                 run.state, run.verdict = RUN(runs_pb2.RUN_STATE_TIMED_OUT), runs_pb2.Verdict.Name(runs_pb2.VERDICT_ERROR)
                 run.ended_at = now
                 timeout_s = (run.deadline_at - run.created_at).total_seconds() if run.created_at else 0
-                run.reasons = [*run.reasons, f"the run reached its timeout ({timeout_s:g} s) with {running} "
+                run.reasons = [*run.reasons, f"the run reached its timeout ({timeout_s:.0f} s) with {running} "
                                              "endpoints still running; not judged"]
                 continue
             for placement in placements:

@@ -26,8 +26,9 @@ Stdout carries JSON lines only, one object per line, told apart by ``type``:
 
 Logs (the worker's and the engines') go to stderr. The run ends when every phone has finished
 its scenario, at ``--duration`` or the file's ``timeout`` after the start, or on SIGINT/SIGTERM
-(a second signal exits 130 at once); the summary is printed, and the gates judged on what was
-measured, in every case. Exit codes: 0 the verdict is pass, 1 fail (a gate, or without gates an
+(a second signal exits 130 at once); the summary is printed in every case. As on the platform, a
+run stopped by a signal or by the file's timeout is not judged (verdict error); one stopped at
+``--duration`` is. Exit codes: 0 the verdict is pass, 1 fail (a gate, or without gates an
 endpoint, failed), 2 when the run could not start (a bad file, a codec or feature the engine lacks,
 a missing credential) or nothing of it happened (verdict error).
 """
@@ -433,11 +434,14 @@ async def run_local(settings: WorkerSettings, spec: tests_pb2.TestSpec, lines: J
     limit = _time_limit(spec, duration_s)
     timer: asyncio.Future[None] = (asyncio.create_task(asyncio.sleep(start_at - time.time() + limit)) if limit
                                    else asyncio.get_running_loop().create_future())  # no limit: never done
+    not_judged = ""  # why the run is not judged, as the platform withholds the verdict of a cancel or timeout
     try:
         await asyncio.wait({task, stopped, timer}, return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
             reason = ("stdout closed" if lines.closed else "stopped by a signal" if stopped.done()
                       else f"time limit of {limit:g} s reached")
+            if lines.closed or stopped.done() or limit != duration_s:
+                not_judged = f"{reason}; not judged"
             log.info("local_run_stopping", reason=reason)
             await supervisor.stop(reason)
     finally:
@@ -446,7 +450,7 @@ async def run_local(settings: WorkerSettings, spec: tests_pb2.TestSpec, lines: J
         supervisor.flush()
     status = supervisor.finished.get(run_id) or output.status or workers_pb2.AssignmentStatus()
     summary, run = output.run_summary(run_id)
-    verdict = judge_run(spec, summary, status.endpoints_failed)
+    verdict = Verdict("error", [not_judged]) if not_judged else judge_run(spec, summary, status.endpoints_failed)
     exit_code = {"pass": ExitCode.OK, "fail": ExitCode.RUN_FAILED}.get(verdict.name, ExitCode.ERROR)
     state = word(workers_pb2.AssignmentState, status.state)
     output.summaries(summary, run, verdict, state, int(exit_code))

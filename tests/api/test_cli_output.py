@@ -128,3 +128,18 @@ def test_a_run_that_could_not_be_judged_is_an_error_in_junit_and_exit_code() -> 
     assert exit_code(run) == ExitCode.ERROR
     run.state = runs_pb2.RUN_STATE_FAILED
     assert exit_code(run) == ExitCode.ERROR
+
+
+@pytest.mark.parametrize("argv", [["run", "t.yaml", "--wait", "--timeout", "0"],
+                                  ["run", "t.yaml", "--wait", "--timeout", "-5"],
+                                  ["run", "t.yaml", "--wait", "--timeout", "nan"],
+                                  ["runs", "list", "--limit", "-1"], ["runs", "list", "--limit", "x"]])
+def test_a_bad_number_is_one_line_naming_the_option_and_exit_2(argv: list[str],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from callmeter.cli.main import build_parser
+
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert argv[-2] in err and "Traceback" not in err

@@ -198,3 +198,44 @@ def test_a_run_cancelled_while_the_worker_is_away_stops_when_it_is_back(embedded
     eventually(lambda: worker_health(embedded).get("running_endpoints") == 0, timeout_s=30,
                message="the worker stopped the cancelled run")
     assert "this part of the run has ended on the platform" in embedded.services["worker"].log()
+
+
+def test_ctrl_c_cancels_the_waited_run_and_prints_what_it_measured(embedded: Platform) -> None:
+    spec = embedded.tmp_path / "long.yaml"
+    spec.write_text(SPEC.format(port=free_port(), duration=60))
+    env = base_env(CALLMETER_API=embedded.services["api"].address, CALLMETER_TOKEN=embedded.owner_token)
+    runner = subprocess.Popen(callmeter_command("run", str(spec), "--wait", "--json"), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    eventually(lambda: worker_health(embedded).get("running_endpoints") == 4, timeout_s=60, message="calls running")
+    runner.send_signal(signal.SIGINT)
+    stdout, stderr = runner.communicate(timeout=60)
+    assert runner.returncode == 2 and "cancelled by Ctrl-C" in stderr, stderr
+    result = json.loads(stdout)
+    assert (result["state"], result["verdict"]) == ("cancelled", "error"), result
+    assert result["total"]["endpoints"] == 4, "the summary keeps what was measured until the cancel"
+    eventually(lambda: worker_health(embedded).get("running_endpoints") == 0, timeout_s=30,
+               message="the worker stopped the cancelled run")
+
+
+def test_a_run_whose_worker_lacks_the_credential_is_an_error_not_a_pass(embedded: Platform) -> None:
+    """Seen: a spec naming a credential the worker does not have ended PASS, exit 0, JUnit tests="0"."""
+    spec = embedded.tmp_path / "nocred.yaml"
+    spec.write_text(f"""
+name: e2e-no-credential
+groups:
+  - name: phones
+    count: 2
+    role: registrar_only
+    target: {{registrar: "sip:127.0.0.1:{free_port()}"}}
+    credential_ref: nobody-defined-this
+    codecs: [PCMU]
+timeout: 60s
+""")
+    junit = embedded.tmp_path / "report.xml"
+    result = embedded.run(spec.read_text(), "--junit", str(junit))
+    assert result.returncode == 2, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["state"], summary["verdict"]) == ("failed", "error"), summary
+    assert summary["reasons"][0].startswith("no endpoint ran"), summary
+    assert any("nobody-defined-this" in reason for reason in summary["reasons"]), summary
+    assert 'errors="1"' in junit.read_text()

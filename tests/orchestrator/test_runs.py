@@ -148,11 +148,13 @@ def test_undelivered_assignment_fails_its_endpoints(sessions: sessionmaker[Sessi
     runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
     runs.finish(sessions, run_id, results_pb2.RunSummary(run_id=run_id))
     row = run_row(sessions, run_id)
-    assert row.state == "RUN_STATE_FAILED" and "no endpoint ran" in row.reasons
-    assert any("not connected" in reason for reason in row.reasons)
+    assert (row.state, row.verdict) == ("RUN_STATE_FAILED", "VERDICT_ERROR")
+    assert row.reasons[0] == "no endpoint ran: none of the 4 planned endpoints reported a measurement"
+    assert "group callers: the worker was not connected to any gateway" in row.reasons
 
 
-def test_timeout_cancels_the_workers_and_collects(sessions: sessionmaker[Session]) -> None:
+def test_timeout_cancels_the_workers_and_ends_timed_out_unjudged_with_its_summary(
+        sessions: sessionmaker[Session]) -> None:
     run_id = new_run(sessions, timeout_s=10)
     worker_id = admit(sessions, "w1", max_endpoints=8)
     runs.submit(sessions, run_id)
@@ -160,7 +162,53 @@ def test_timeout_cancels_the_workers_and_collects(sessions: sessionmaker[Session
     cancels, _ = runs.advance(sessions, utcnow() + timedelta(seconds=11), lost_after_s=600, collect_delay_s=0)
     assert [(c.run_id, c.worker_id) for c in cancels] == [(run_id, worker_id)]
     row = run_row(sessions, run_id)
-    assert row.state == "RUN_STATE_COLLECTING" and "the run reached its timeout" in row.reasons
+    assert (row.state, row.verdict) == ("RUN_STATE_TIMED_OUT", "VERDICT_ERROR")
+    assert row.reasons == ["the run reached its timeout (10 s) with 4 endpoints still running; not judged"]
+    _, collects = runs.advance(sessions, utcnow() + timedelta(seconds=12), lost_after_s=600, collect_delay_s=0)
+    assert [c.run_id for c in collects] == [run_id]
+    runs.finish(sessions, run_id, good_summary(run_id))  # gates would pass: still not judged
+    row = run_row(sessions, run_id)
+    assert (row.state, row.verdict) == ("RUN_STATE_TIMED_OUT", "VERDICT_ERROR") and row.summary is not None
+    assert not results_pb2.RunSummary.FromString(row.summary).gates
+
+
+def test_a_refused_assignment_is_an_error_not_a_pass(sessions: sessionmaker[Session]) -> None:
+    """The worker lacks the group's credential: it refuses, no endpoint runs, nothing is measured."""
+    run_id = new_run(sessions)
+    worker_id = admit(sessions, "w1", max_endpoints=8)
+    runs.submit(sessions, run_id)
+    runs.mark_delivery(sessions, runs.pending_dispatches(sessions)[0], delivered=True)
+    report(sessions, worker_id, workers_pb2.AssignmentStatus(  # as a worker older than the per-group counts
+        run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_FAILED,
+        errors=[workers_pb2.EndpointError(reason="credential 'pbx' is not defined on this worker")]))
+    assert all(p.endpoints_failed == p.count for p in placements(sessions, run_id))
+    runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
+    runs.finish(sessions, run_id, results_pb2.RunSummary(run_id=run_id, total=results_pb2.GroupSummary()))
+    row = run_row(sessions, run_id)
+    assert (row.state, row.verdict) == ("RUN_STATE_FAILED", "VERDICT_ERROR")
+    assert any("credential 'pbx' is not defined" in reason for reason in row.reasons)
+
+
+def test_failures_are_counted_per_group_and_reasons_grouped_once_under_their_group(
+        sessions: sessionmaker[Session]) -> None:
+    run_id = new_run(sessions)
+    worker_id = admit(sessions, "w1", max_endpoints=8)
+    runs.submit(sessions, run_id)
+    runs.mark_delivery(sessions, runs.pending_dispatches(sessions)[0], delivered=True)
+    errors = [workers_pb2.EndpointError(group="callers", endpoint=i, sip_code=401, reason="registration failed")
+              for i in (0, 1)]
+    status = workers_pb2.AssignmentStatus(run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_RUNNING,
+                                          endpoints_failed=2, endpoints_failed_by_group={"callers": 2}, errors=errors)
+    for _ in range(3):  # every status repeats the newest errors
+        report(sessions, worker_id, status)
+    status.state = workers_pb2.ASSIGNMENT_STATE_DONE
+    report(sessions, worker_id, status)
+    assert sorted((p.group_name, p.endpoints_failed) for p in placements(sessions, run_id)) == [
+        ("callees", 0), ("callers", 2)]
+    runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
+    runs.finish(sessions, run_id, good_summary(run_id))
+    row = run_row(sessions, run_id)
+    assert row.reasons == ["group callers: 2 endpoints: registration failed (SIP 401) (e.g. [0], [1])"]
 
 
 def test_a_lost_worker_fails_its_endpoints_and_the_run_goes_on(sessions: sessionmaker[Session]) -> None:

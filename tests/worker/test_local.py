@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from callmeter.cli.main import SERVICES
+from callmeter.common.verdict import DEFAULT_GATE
 from tests.procs import base_env, eventually
 from tests.worker.conftest import free_udp_port
 
@@ -158,13 +159,14 @@ def test_sigterm_stops_the_run_and_still_prints_the_summary(tmp_path: Path) -> N
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 0, log.read_text()[-4000:]
+    assert process.returncode == 2, log.read_text()[-4000:]
     lines = json_lines(stdout)
     assert {line["type"] for line in lines} == {"summary"}, "--summary-only prints no samples"
     by_group = summaries(lines)
     assert by_group["callers"]["calls_connected"] == 1, by_group
     assert by_group["callers"]["mos_avg"] > 3.5
-    assert (by_group[""]["state"], by_group[""]["exit_code"], by_group[""]["verdict"]) == ("cancelled", 0, "none")
+    assert (by_group[""]["state"], by_group[""]["exit_code"], by_group[""]["verdict"]) == ("cancelled", 2, "error")
+    assert by_group[""]["reasons"] == ["stopped by a signal; not judged"]
 
 
 def test_unreachable_target_is_an_error_line_and_exit_1(tmp_path: Path) -> None:
@@ -184,7 +186,9 @@ groups:
     assert "no response at all within the ring timeout" in error["reason"], error
     by_group = summaries(lines)
     assert (by_group["callers"]["calls_failed"], by_group["callers"]["endpoints_failed"]) == (1, 1)
-    assert (by_group[""]["exit_code"], by_group[""]["state"], by_group[""]["verdict"]) == (1, "done", "none")
+    assert (by_group[""]["exit_code"], by_group[""]["state"], by_group[""]["verdict"]) == (1, "done", "fail")
+    assert by_group[""]["gates"] == [{"gate": DEFAULT_GATE, "observed": 1.0, "passed": False}]
+    assert by_group[""]["mos_avg"] is None and by_group[""]["setup_ms_p95"] is None, "not measured is null, not 0"
 
 
 def test_malformed_yaml_names_the_problem(tmp_path: Path) -> None:
