@@ -184,8 +184,10 @@ groups:
     (error,) = of_type(lines, "error")
     assert (error["group"], error["endpoint"]) == ("callers", 0)
     assert "no response at all within the ring timeout" in error["reason"], error
+    assert error["sip_code"] == 0, "a local give-up is no 487: no final response was received"
     by_group = summaries(lines)
     assert (by_group["callers"]["calls_failed"], by_group["callers"]["endpoints_failed"]) == (1, 1)
+    assert by_group["callers"]["failures_by_code"] == {"0": 1}, by_group["callers"]
     assert (by_group[""]["exit_code"], by_group[""]["state"], by_group[""]["verdict"]) == (1, "done", "fail")
     assert by_group[""]["gates"] == [{"gate": DEFAULT_GATE, "observed": 1.0, "passed": False}]
     assert by_group[""]["mos_avg"] is None and by_group[""]["setup_ms_p95"] is None, "not measured is null, not 0"

@@ -256,6 +256,9 @@ class Driver:
         assert record is not None
         if record.ended_at is not None:
             if record.confirmed_at is None and record.outgoing:
+                if "cancel" in self._acted and self._code_at_cancel < 100:
+                    # Given up with no response at all: pjsua reports its own 487, which nobody sent.
+                    record.last_code = self.phone.state.call_last_code = 0
                 self.report_error(self.phone, record.last_code, self._failure(record))
             self.call = None
             self.calls_done += 1
@@ -305,7 +308,7 @@ class Driver:
             return (f"call to {uri} not answered within the ring timeout ({timeout}; last response "
                     f"{self._code_at_cancel}), cancelled: {final}")
         return (f"call to {uri}: no response at all within the ring timeout ({timeout}): target unreachable "
-                f"or not listening; given up: {final}")
+                "or not listening; given up (timeout, no SIP code)")
 
     def _answer(self, record: CallRecord, code: int) -> None:
         param = pj.CallOpParam()
