@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -139,7 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_service_help(argv[0]), end="")
         return ExitCode.OK
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except BrokenPipeError:  # the reader went away (`… | head`)
+        # Python flushes stdout again at exit: point it at nothing so that this is the last word.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("callmeter: error: the output was closed before everything was written", file=sys.stderr)
+        return ExitCode.ERROR
+    except KeyboardInterrupt:
+        print("\ncallmeter: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

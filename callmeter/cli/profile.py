@@ -10,6 +10,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from callmeter.common.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -40,5 +42,10 @@ def read_profile() -> Profile | None:
     path = profile_path()
     if not path.exists():
         return None
-    data = json.loads(path.read_text())
-    return Profile(api=data["api"], token=data["token"], ca_file=data.get("ca_file"))
+    try:
+        data = json.loads(path.read_text())
+        return Profile(api=str(data["api"]), token=str(data["token"]), ca_file=data.get("ca_file"))
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # unreadable, not JSON, not the profile's shape
+        problem = f"no {exc} in it" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        raise ConfigError("CALLMETER_PROFILE", f"the CLI profile {path} cannot be read ({problem}); fix or delete "
+                                               "it, or pass --api and set CALLMETER_TOKEN") from None

@@ -43,6 +43,7 @@ def start_platform(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """Starts the platform, prints its table, writes the CLI profile; ConfigError propagates."""
     from callmeter.cli.platform import Platform
     from callmeter.cli.profile import Profile, read_profile, write_profile
+    from callmeter.common.errors import ConfigError
 
     platform = Platform(args.data_dir, auto_ports=args.auto_ports, with_worker=not args.no_worker,
                         log_level=args.log_level)
@@ -52,7 +53,10 @@ def start_platform(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         path = write_profile(Profile(api=platform.api_address, token=platform.owner_token or ""))
         print(f"owner API token (shown once; saved in the CLI profile {path}):\n  {platform.owner_token}")
     else:
-        previous = read_profile()
+        try:
+            previous = read_profile()
+        except ConfigError:  # a corrupt profile holds no token worth keeping
+            previous = None
         if previous is not None:
             write_profile(Profile(api=platform.api_address, token=previous.token, ca_file=previous.ca_file))
     return platform

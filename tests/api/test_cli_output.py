@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,31 @@ def test_a_bad_number_is_one_line_naming_the_option_and_exit_2(argv: list[str],
     assert stopped.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert argv[-2] in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00binary", b"[1, 2]", b'{"api": "x"}'])
+def test_a_corrupt_cli_profile_is_one_line_and_exit_2(content: bytes, tmp_path, monkeypatch,  # type: ignore[no-untyped-def]
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from callmeter.cli.main import main
+
+    profile = tmp_path / "profile.json"
+    profile.write_bytes(content)
+    monkeypatch.setenv("CALLMETER_PROFILE", str(profile))
+    monkeypatch.delenv("CALLMETER_API", raising=False)
+    assert main(["runs", "list"]) == ExitCode.ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(profile) in err[0] and "CALLMETER_PROFILE" in err[0], err
+
+
+def test_a_closed_output_is_one_line_and_exit_2() -> None:
+    import subprocess
+    import sys
+
+    # `callmeter … | head`: the reader is gone before the output is written.
+    example = Path(__file__).parents[2] / "examples" / "selfcall.yaml"
+    with subprocess.Popen([sys.executable, "-m", "callmeter.cli.main", "test", "validate", str(example)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()
+        err = process.stderr.read().decode()
+    assert process.returncode == 2 and err == "callmeter: error: the output was closed before everything was written\n", err
