@@ -165,14 +165,10 @@ NOT_MEASURED = "not measured"
 
 def cell(group: results_pb2.GroupSummary, field: str, fmt: str = "{}") -> str:
     """A summary figure as shown: formatted, or "not measured" when it was not (never 0)."""
-    if group.DESCRIPTOR.fields_by_name[field].has_presence and not group.HasField(field):
-        return NOT_MEASURED
-    return fmt.format(getattr(group, field))
+    from callmeter.common.verdict import measured
 
-
-def figure(group: results_pb2.GroupSummary, field: str) -> Any:
-    """A summary figure for JSON: the number, or None (null) when it was not measured."""
-    return None if cell(group, field) == NOT_MEASURED else getattr(group, field)
+    value = measured(group, field)
+    return NOT_MEASURED if value is None else fmt.format(value)
 
 
 def progress_line(message: runs_pb2.RunProgress) -> str:
@@ -223,8 +219,10 @@ def run_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> dict[
     """{run_id, state, verdict, reasons, total: {endpoints, …, setup_ms_p95} or null,
     groups: [{name, endpoints, …}], gates: [{gate, observed, passed}]}; a figure that was not
     measured is null."""
+    from callmeter.common.verdict import measured
+
     def numbers(group: results_pb2.GroupSummary) -> dict[str, Any]:
-        return {field: figure(group, field) for field in JSON_GROUP_FIELDS}
+        return {field: measured(group, field) for field in JSON_GROUP_FIELDS}
 
     has_total = summary is not None and summary.HasField("total")
     return {
@@ -232,7 +230,7 @@ def run_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> dict[
         "reasons": list(run.reasons),
         "total": numbers(summary.total) if has_total else None,  # type: ignore[union-attr]
         "groups": [{"name": g.group, **numbers(g)} for g in (summary.groups if summary is not None else [])],
-        "gates": [{"gate": g.gate, "observed": g.observed if g.HasField("observed") else None, "passed": g.passed}
+        "gates": [{"gate": g.gate, "observed": measured(g, "observed"), "passed": g.passed}
                   for g in (summary.gates if summary is not None else [])],
     }
 

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.message import Message
 
 from callmeter.v1 import results_pb2, runs_pb2, tests_pb2
 
@@ -24,8 +27,16 @@ def _pct(part: float, whole: float) -> float | None:
     return 100.0 * part / whole if whole else None
 
 
+def measured(message: Message, field: str) -> Any:
+    """The field's value, or None when it was not measured: an optional field left unset.
+    Every output reads summary figures and gates' observed values through this."""
+    if message.DESCRIPTOR.fields_by_name[field].has_presence and not message.HasField(field):
+        return None
+    return getattr(message, field)
+
+
 def _measured(field: str) -> Callable[[results_pb2.GroupSummary], float | None]:
-    return lambda g: getattr(g, field) if g.HasField(field) else None
+    return lambda g: measured(g, field)
 
 
 # Gate metric → how to read it from a GroupSummary (None: not measured, e.g. no calls).
@@ -101,4 +112,5 @@ def judge(summary: results_pb2.RunSummary, gates: list[tests_pb2.QualityGate], e
 
 def observed_text(gate: results_pb2.GateResult) -> str:
     """"observed 4.2" or "not measured", as every output words it."""
-    return f"observed {gate.observed:g}" if gate.HasField("observed") else "not measured"
+    value = measured(gate, "observed")
+    return "not measured" if value is None else f"observed {value:g}"

@@ -11,6 +11,7 @@ import grpc
 from sqlalchemy.orm import Session, sessionmaker
 
 from callmeter.common.errors import CallmeterError, grpc_errors
+from callmeter.common.run_states import RUN_ENDED
 from callmeter.v1 import runs_pb2_grpc, tenancy_pb2_grpc, tests_pb2_grpc, workers_pb2_grpc
 from services.api import watch
 from services.api.auth import Principal, authenticate, bearer_token
@@ -118,7 +119,7 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
     @grpc_errors
     async def CancelRun(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
         run = await self.auth.call(context, runs.cancel_target, request)
-        if run.state in runs.ENDED:
+        if run.state in RUN_ENDED:
             return run
         return await self.orchestrator.cancel_run(run.id)
 

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 import structlog
 
+from callmeter.common.run_states import RUN_ENDED
 from callmeter.state.models import utcnow
 from callmeter.v1 import results_pb2, runs_pb2
 from services.api.clients import Metrics
-from services.api.handlers.runs import ENDED, RunView
+from services.api.handlers.runs import RunView
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +30,7 @@ async def progress(view: RunView, reload: Callable[[], Awaitable[RunView]], metr
     while True:
         run = view.run
         message = runs_pb2.RunProgress(run_id=run.id, state=run.state, elapsed_s=view.elapsed_s(utcnow()))
-        if run.state in ENDED and not (run.state in _SUMMARY_FOLLOWS and view.summary is None):
+        if run.state in RUN_ENDED and not (run.state in _SUMMARY_FOLLOWS and view.summary is None):
             # The orchestrator writes the summary when it judges the run; a failed run may have none.
             summary = view.summary or results_pb2.RunSummary(run_id=run.id)
             message.groups.extend(summary.groups)

@@ -30,6 +30,7 @@ import math
 from collections.abc import Sequence
 
 from callmeter.catalog import BY_NAME, Metric
+from callmeter.common.verdict import measured
 from callmeter.v1 import results_pb2
 from services.metrics.schema import (
     ACTIVE,
@@ -215,7 +216,6 @@ def trend(client, test_id: str, field: str, limit: int) -> list[results_pb2.Tren
         parameters={"test_id": test_id, "limit": limit}).result_rows
     summaries = group_summaries(client, [run_id for run_id, _ in runs])
     # A run in which the field was not measured has no point (not a 0).
-    return [results_pb2.TrendPoint(run_id=run_id, started_at=started, value=getattr(total, field))
+    return [results_pb2.TrendPoint(run_id=run_id, started_at=started, value=getattr(summaries[run_id][""], field))
             for run_id, started in runs
-            if not (total := summaries[run_id][""]).DESCRIPTOR.fields_by_name[field].has_presence
-            or total.HasField(field)]
+            if measured(summaries[run_id][""], field) is not None]

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import structlog
+from google.protobuf.message import Message
 from pydantic import SecretStr
 
 from callmeter.catalog import BY_NAME
@@ -61,7 +62,7 @@ from callmeter.common.logging import configure_logging
 from callmeter.common.service import install_signal_handlers, print_config_error
 from callmeter.common.settings import load_settings
 from callmeter.common.testspec import SpecError, load_spec_file, violation
-from callmeter.common.verdict import judge
+from callmeter.common.verdict import judge, measured
 from callmeter.v1 import common_pb2, results_pb2, runs_pb2, tests_pb2, workers_pb2
 from services.worker.engines import probe_engine
 from services.worker.settings import WorkerSettings
@@ -298,9 +299,10 @@ def _round(value: float) -> float:
     return round(value, 3)
 
 
-def _measured(summary: results_pb2.GroupSummary, name: str) -> float | None:
+def _measured(message: Message, name: str) -> float | None:
     """The figure rounded, or None (JSON null) when it was not measured."""
-    return _round(getattr(summary, name)) if summary.HasField(name) else None
+    value = measured(message, name)
+    return None if value is None else _round(value)
 
 
 @dataclass
@@ -384,8 +386,7 @@ class LocalOutput:
         """One line per group, then the run's with its verdict."""
         for group in summary.groups:
             self.lines.write(self.totals[group.group].summary_line(group))
-        gates = [{"gate": g.gate, "observed": _round(g.observed) if g.HasField("observed") else None,
-                  "passed": g.passed} for g in summary.gates]
+        gates = [{"gate": g.gate, "observed": _measured(g, "observed"), "passed": g.passed} for g in summary.gates]
         self.lines.write({**run.summary_line(summary.total), "run_id": summary.run_id, "state": state,
                           "verdict": verdict.name, "reasons": verdict.reasons, "gates": gates,
                           "exit_code": exit_code})

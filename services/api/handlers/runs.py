@@ -10,15 +10,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from callmeter.common.errors import CallmeterError, ErrorCode
-from callmeter.common.run_states import RUN_ENDED
 from callmeter.state.convert import run_to_proto
 from callmeter.state.models import Project, Run, RunPlacement, Test, TestVersion, utcnow
 from callmeter.v1 import results_pb2, runs_pb2, tests_pb2
 from services.api.auth import RUNNER, VIEWER, Principal, project_for
 from services.api.paging import page
-
-ENDED = RUN_ENDED
-
 
 @dataclass(frozen=True)
 class RunView:
