@@ -184,15 +184,19 @@ SUMMARY_COLUMNS = [
     ("connected", "calls_connected", "{}"), ("failed", "calls_failed", "{}"), ("MOS avg", "mos_avg", "{:.2f}"),
     ("MOS min", "mos_min", "{:.2f}"), ("jitter p95 ms", "jitter_ms_p95", "{:.1f}"), ("loss %", "loss_pct", "{:.2f}"),
     ("RTT p95 ms", "rtt_ms_p95", "{:.1f}"), ("setup p95 ms", "setup_ms_p95", "{:.0f}"),
+    ("complete %", "completeness_pct", "{:.1f}"),
 ]
+#: Columns shown only when some row has them: completeness is the platform's figure (not local mode's).
+OPTIONAL_COLUMNS = {"completeness_pct"}
 
 
 def summary_table(groups: Iterable[results_pb2.GroupSummary], total: results_pb2.GroupSummary | None = None) -> str:
     rows = [(g.group, g) for g in groups] + ([("total", total)] if total is not None else [])
+    columns = [c for c in SUMMARY_COLUMNS if c[1] not in OPTIONAL_COLUMNS or any(g.HasField(c[1]) for _, g in rows)]
     width = max([5, *(len(name) for name, _ in rows)])
-    cells = [[cell(group, field, fmt) for _, field, fmt in SUMMARY_COLUMNS] for _, group in rows]
-    widths = [max([len(heading), 6, *(len(row[i]) for row in cells)]) for i, (heading, _, _) in enumerate(SUMMARY_COLUMNS)]
-    lines = [f"{'group':<{width}}" + "".join(f"  {heading:>{w}}" for (heading, _, _), w in zip(SUMMARY_COLUMNS, widths))]
+    cells = [[cell(group, field, fmt) for _, field, fmt in columns] for _, group in rows]
+    widths = [max([len(heading), 6, *(len(row[i]) for row in cells)]) for i, (heading, _, _) in enumerate(columns)]
+    lines = [f"{'group':<{width}}" + "".join(f"  {heading:>{w}}" for (heading, _, _), w in zip(columns, widths))]
     for (name, _), row in zip(rows, cells):
         lines.append(f"{name:<{width}}" + "".join(f"  {text:>{w}}" for text, w in zip(row, widths)))
     return "\n".join(lines)
@@ -212,11 +216,12 @@ def format_result(run: runs_pb2.Run, summary: results_pb2.RunSummary) -> str:
 
 
 JSON_GROUP_FIELDS = ("endpoints", "registered", "register_attempted", "calls_attempted", "calls_connected",
-                     "calls_failed", "mos_avg", "mos_min", "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95")
+                     "calls_failed", "mos_avg", "mos_min", "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95",
+                     "endpoint_seconds", "completeness_pct")
 
 
 def run_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> dict[str, Any]:
-    """{run_id, state, verdict, reasons, total: {endpoints, …, setup_ms_p95} or null,
+    """{run_id, state, verdict, reasons, total: {endpoints, …, completeness_pct} or null,
     groups: [{name, endpoints, …}], gates: [{gate, observed, passed}]}; a figure that was not
     measured is null."""
     from callmeter.common.verdict import measured
@@ -251,7 +256,10 @@ def junit_xml(test_name: str, run: runs_pb2.Run, summary: results_pb2.RunSummary
     from callmeter.v1 import runs_pb2
 
     suite = ET.Element("testsuite", name=f"callmeter {test_name}")
-    ET.SubElement(ET.SubElement(suite, "properties"), "property", name="run_id", value=run.id)
+    properties = ET.SubElement(suite, "properties")
+    ET.SubElement(properties, "property", name="run_id", value=run.id)
+    if summary.total.HasField("completeness_pct"):
+        ET.SubElement(properties, "property", name="completeness_pct", value=f"{summary.total.completeness_pct:.1f}")
     failures = errors = 0
     for gate in summary.gates:
         case = ET.SubElement(suite, "testcase", classname=f"callmeter.{test_name}", name=gate.gate)

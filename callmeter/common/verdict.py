@@ -4,7 +4,9 @@ Pure functions over ``RunSummary`` messages, used by the orchestrator and by ``c
 --local`` alike. The rule (docs/verdict.md):
 
 1. ERROR when nothing of the test happened: no endpoint reported a sample, or no call and no
-   registration was attempted. Gates are not judged on nothing.
+   registration was attempted. Gates are not judged on nothing. ERROR too when the results are
+   incomplete: fewer than COMPLETENESS_MIN_PCT of the endpoint-seconds measured (or, for parts
+   the platform lost, planned) were stored.
 2. Otherwise each quality gate is judged; a gate whose metric was never measured fails with
    "not measured" (never as 0).
 3. A test without gates gets the default gate ``endpoints_failed == 0``: every endpoint ran its
@@ -42,7 +44,7 @@ def _measured(field: str) -> Callable[[results_pb2.GroupSummary], float | None]:
 # Gate metric → how to read it from a GroupSummary (None: not measured, e.g. no calls).
 METRICS: dict[str, Callable[[results_pb2.GroupSummary], float | None]] = {
     **{name: _measured(name) for name in ("mos_avg", "mos_min", "loss_pct", "jitter_ms_p95", "rtt_ms_p95",
-                                          "setup_ms_p95")},
+                                          "setup_ms_p95", "completeness_pct")},
     "calls_failed_pct": lambda g: _pct(g.calls_failed, g.calls_attempted),
     "calls_connected_pct": lambda g: _pct(g.calls_connected, g.calls_attempted),
     "registered_pct": lambda g: _pct(g.registered, g.endpoints),
@@ -58,6 +60,9 @@ COMPARISONS: dict[int, tuple[str, Callable[[float, float], bool]]] = {
     tests_pb2.COMPARISON_GE: (">=", operator.ge),
     tests_pb2.COMPARISON_EQ: ("==", operator.eq),
 }
+
+#: Below this completeness (percent) a run is not judged; a gate on completeness_pct can ask more.
+COMPLETENESS_MIN_PCT = 99.0
 
 #: The gate of a test that sets none, as shown among the gates.
 DEFAULT_GATE = "endpoints_failed == 0 (default gate: the test sets none)"
@@ -80,11 +85,22 @@ def nothing_happened(summary: results_pb2.RunSummary, endpoints_planned: int) ->
     return None
 
 
+def incomplete(summary: results_pb2.RunSummary, min_pct: float) -> str | None:
+    """Why the results are too incomplete to judge, or None (also when completeness is not known)."""
+    pct = measured(summary.total, "completeness_pct")
+    if pct is None or pct >= min_pct:
+        return None
+    short = [f"group {g.group}: {g.completeness_pct:.1f} %" for g in summary.groups
+             if measured(g, "completeness_pct") is not None and g.completeness_pct < min_pct]
+    return (f"results incomplete: {pct:.1f} % of the run's endpoint-seconds were stored, less than "
+            f"{min_pct:g} % ({', '.join(short)}); not judged")
+
+
 def judge(summary: results_pb2.RunSummary, gates: list[tests_pb2.QualityGate], endpoints_planned: int,
-          endpoints_failed: int) -> tuple[int, list[str]]:
+          endpoints_failed: int, completeness_min_pct: float = COMPLETENESS_MIN_PCT) -> tuple[int, list[str]]:
     """Fills summary.gates; returns (Verdict, reasons for an ERROR or a FAIL)."""
     del summary.gates[:]
-    why_not = nothing_happened(summary, endpoints_planned)
+    why_not = nothing_happened(summary, endpoints_planned) or incomplete(summary, completeness_min_pct)
     if why_not is not None:
         return runs_pb2.VERDICT_ERROR, [why_not]
     if not gates:

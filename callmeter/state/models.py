@@ -188,6 +188,8 @@ class Worker(Base):
     last_heartbeat: Mapped[datetime | None]
     running_endpoints: Mapped[int] = mapped_column(default=0)
     connected_at: Mapped[datetime | None]
+    # The worker process's instance_id from its last hello: another one means it restarted.
+    instance_id: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
     updated_at: Mapped[datetime] = _updated_at_column()
 
 
@@ -265,3 +267,8 @@ class RunPlacement(Base):
     state: Mapped[str] = mapped_column(sa.String(ENUM_NAME_LENGTH))
     endpoints_failed: Mapped[int] = mapped_column(default=0)
     errors: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    # The endpoint-seconds the worker measured for the group (kept on the worker's first placement
+    # of each group), and whether that count is final (the worker reported its part ended, or the
+    # part was cancelled before it was sent): collection waits until that many are stored.
+    endpoint_seconds: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    samples_final: Mapped[bool] = mapped_column(default=False, server_default=sa.false())

@@ -33,7 +33,7 @@ class MetricBatch(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., sequence: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[EndpointSample, _Mapping]]] = ...) -> None: ...
 
 class GroupSummary(_message.Message):
-    __slots__ = ("group", "endpoints", "registered", "calls_attempted", "calls_connected", "calls_failed", "failures_by_code", "mos_avg", "mos_min", "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95", "register_attempted")
+    __slots__ = ("group", "endpoints", "registered", "calls_attempted", "calls_connected", "calls_failed", "failures_by_code", "mos_avg", "mos_min", "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95", "register_attempted", "endpoint_seconds", "completeness_pct")
     class FailuresByCodeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,8 @@ class GroupSummary(_message.Message):
     RTT_MS_P95_FIELD_NUMBER: _ClassVar[int]
     SETUP_MS_P95_FIELD_NUMBER: _ClassVar[int]
     REGISTER_ATTEMPTED_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETENESS_PCT_FIELD_NUMBER: _ClassVar[int]
     group: str
     endpoints: int
     registered: int
@@ -69,7 +71,9 @@ class GroupSummary(_message.Message):
     rtt_ms_p95: float
     setup_ms_p95: float
     register_attempted: int
-    def __init__(self, group: _Optional[str] = ..., endpoints: _Optional[int] = ..., registered: _Optional[int] = ..., calls_attempted: _Optional[int] = ..., calls_connected: _Optional[int] = ..., calls_failed: _Optional[int] = ..., failures_by_code: _Optional[_Mapping[int, int]] = ..., mos_avg: _Optional[float] = ..., mos_min: _Optional[float] = ..., jitter_ms_p95: _Optional[float] = ..., loss_pct: _Optional[float] = ..., rtt_ms_p95: _Optional[float] = ..., setup_ms_p95: _Optional[float] = ..., register_attempted: _Optional[int] = ...) -> None: ...
+    endpoint_seconds: int
+    completeness_pct: float
+    def __init__(self, group: _Optional[str] = ..., endpoints: _Optional[int] = ..., registered: _Optional[int] = ..., calls_attempted: _Optional[int] = ..., calls_connected: _Optional[int] = ..., calls_failed: _Optional[int] = ..., failures_by_code: _Optional[_Mapping[int, int]] = ..., mos_avg: _Optional[float] = ..., mos_min: _Optional[float] = ..., jitter_ms_p95: _Optional[float] = ..., loss_pct: _Optional[float] = ..., rtt_ms_p95: _Optional[float] = ..., setup_ms_p95: _Optional[float] = ..., register_attempted: _Optional[int] = ..., endpoint_seconds: _Optional[int] = ..., completeness_pct: _Optional[float] = ...) -> None: ...
 
 class RunSummary(_message.Message):
     __slots__ = ("run_id", "total", "groups", "gates")

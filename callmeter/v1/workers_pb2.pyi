@@ -101,18 +101,20 @@ class WorkerMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., status: _Optional[_Union[AssignmentStatus, _Mapping]] = ..., metrics: _Optional[_Union[_results_pb2.MetricBatch, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("token", "name", "labels", "capacity", "version")
+    __slots__ = ("token", "name", "labels", "capacity", "version", "instance_id")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     token: str
     name: str
     labels: _containers.RepeatedCompositeFieldContainer[_common_pb2.Label]
     capacity: WorkerCapacity
     version: str
-    def __init__(self, token: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[_common_pb2.Label, _Mapping]]] = ..., capacity: _Optional[_Union[WorkerCapacity, _Mapping]] = ..., version: _Optional[str] = ...) -> None: ...
+    instance_id: str
+    def __init__(self, token: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[_common_pb2.Label, _Mapping]]] = ..., capacity: _Optional[_Union[WorkerCapacity, _Mapping]] = ..., version: _Optional[str] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sent_at", "running_endpoints", "state", "dropped_samples")
@@ -127,8 +129,15 @@ class Heartbeat(_message.Message):
     def __init__(self, sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., running_endpoints: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., dropped_samples: _Optional[int] = ...) -> None: ...
 
 class AssignmentStatus(_message.Message):
-    __slots__ = ("run_id", "state", "endpoints_running", "endpoints_failed", "errors", "endpoints_failed_by_group")
+    __slots__ = ("run_id", "state", "endpoints_running", "endpoints_failed", "errors", "endpoints_failed_by_group", "endpoint_seconds_by_group")
     class EndpointsFailedByGroupEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class EndpointSecondsByGroupEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -141,13 +150,15 @@ class AssignmentStatus(_message.Message):
     ENDPOINTS_FAILED_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FAILED_BY_GROUP_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_SECONDS_BY_GROUP_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     state: AssignmentState
     endpoints_running: int
     endpoints_failed: int
     errors: _containers.RepeatedCompositeFieldContainer[EndpointError]
     endpoints_failed_by_group: _containers.ScalarMap[str, int]
-    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[AssignmentState, str]] = ..., endpoints_running: _Optional[int] = ..., endpoints_failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[EndpointError, _Mapping]]] = ..., endpoints_failed_by_group: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    endpoint_seconds_by_group: _containers.ScalarMap[str, int]
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[AssignmentState, str]] = ..., endpoints_running: _Optional[int] = ..., endpoints_failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[EndpointError, _Mapping]]] = ..., endpoints_failed_by_group: _Optional[_Mapping[str, int]] = ..., endpoint_seconds_by_group: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class EndpointError(_message.Message):
     __slots__ = ("group", "endpoint", "sip_code", "reason")

@@ -15,6 +15,7 @@ count is defined in schema.py (GROUP_SECOND_COLUMNS), per group and for the whol
   RTT (rtt_us > 0);
 - setup_ms_p95: over seconds in which a call connected and reported its setup time, so each
   call weighs once, however long it lasted;
+- endpoint_seconds: the endpoints reporting in each second, added up over the seconds;
 - failures_by_code: each second's calls_failed filed under that second's call_last_code (see
   schema.failure_code_sql).
 - registered, register_attempted: endpoints that held a registration, or sent a REGISTER, in
@@ -55,7 +56,8 @@ AGGREGATES = {
 
 #: GroupSummary fields a trend can follow (its numbers; not the group name or the code map).
 TREND_FIELDS = tuple(
-    f.name for f in results_pb2.GroupSummary.DESCRIPTOR.fields if f.name not in ("group", "failures_by_code")
+    f.name for f in results_pb2.GroupSummary.DESCRIPTOR.fields
+    if f.name not in ("group", "failures_by_code", "completeness_pct")  # the orchestrator's figure, not stored here
 )
 
 
@@ -81,7 +83,8 @@ SELECT run_id, `group`, grouping(`group`) AS is_total,
   {_p95('jitter_ms')},
   sum(rx_lost), sum(rx_packets),
   {_p95('rtt_ms')},
-  {_p95('setup_ms')}
+  {_p95('setup_ms')},
+  sum(endpoints)
 FROM {GROUP_SECONDS_TABLE} AS rollup FINAL
 LEFT JOIN (SELECT run_id, argMax(answering_groups, started_at) AS answering_groups FROM {RUNS_TABLE}
            WHERE run_id IN {{runs:Array(String)}} GROUP BY run_id) AS runs USING (run_id)
@@ -123,8 +126,10 @@ def group_summaries(client, run_ids: Sequence[str]) -> dict[str, dict[str, resul
         return found.setdefault(run_id, {}).setdefault(key, results_pb2.GroupSummary(group=key))
 
     for (run_id, group, is_total, attempted, connected, failed, by_code, *placed, mos_count, mos_avg, mos_min,
-         jitter_p95, lost, received, rtt_p95, setup_p95) in client.query(_SUMMARY_SQL, parameters=params).result_rows:
+         jitter_p95, lost, received, rtt_p95, setup_p95, endpoint_seconds) in client.query(
+            _SUMMARY_SQL, parameters=params).result_rows:
         s = summary(run_id, group, is_total)
+        s.endpoint_seconds = endpoint_seconds
         if is_total and placed[0]:
             attempted, connected, failed, by_code = placed
         s.calls_attempted, s.calls_connected, s.calls_failed = attempted, connected, failed

@@ -98,5 +98,12 @@ class Conductor:
                 await asyncio.to_thread(runs.fail, self.sessions, collect.run_id,
                                         f"the metrics store did not answer for {self.settings.collect_timeout_s:.0f} s")
             return
-        await asyncio.to_thread(runs.finish, self.sessions, collect.run_id, summary)
-        log.info("run_collected", run_id=collect.run_id)
+        give_up = (utcnow() - collect.ended_at).total_seconds() >= self.settings.collect_wait_s
+        awaited = await asyncio.to_thread(runs.finish, self.sessions, collect.run_id, summary, give_up,
+                                          self.settings.completeness_min_pct)
+        if awaited and not give_up:
+            log.debug("collect_waiting", run_id=collect.run_id, awaited=awaited)  # read again next tick
+        elif awaited:
+            log.warning("run_collected_incomplete", run_id=collect.run_id, awaited=awaited)
+        else:
+            log.info("run_collected", run_id=collect.run_id)

@@ -9,6 +9,7 @@ Placements are pending (ASSIGNMENT_STATE_UNSPECIFIED) until their assignment is 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from callmeter.common.errors import CallmeterError, ErrorCode
 from callmeter.common.run_states import RUN_ENDED
-from callmeter.common.verdict import judge
+from callmeter.common.verdict import COMPLETENESS_MIN_PCT, judge
 from callmeter.state.convert import run_to_proto
 from callmeter.state.models import Run, RunPlacement, TestVersion, Worker, utcnow
 from callmeter.v1 import common_pb2, results_pb2, runs_pb2, tests_pb2, workers_pb2
@@ -46,6 +47,7 @@ class Dispatch:
 class Collect:
     run_id: str
     groups: list[str]
+    ended_at: datetime
 
 
 def _spec(session: Session, run: Run) -> tests_pb2.TestSpec:
@@ -130,9 +132,7 @@ def mark_delivery(sessions: sessionmaker[Session], dispatch: Dispatch, delivered
                 if delivered:
                     placement.state = ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_ACCEPTED)
                 else:
-                    placement.state = ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_FAILED)
-                    placement.endpoints_failed = placement.count
-                    placement.errors = [*placement.errors, "the worker was not connected to any gateway"]
+                    _fail_placement(placement, "the worker was not connected to any gateway")
         run = session.get(Run, dispatch.run_id)
         if run is not None and run.state == RUN(runs_pb2.RUN_STATE_DISPATCHING) and \
                 all(p.state != PENDING for p in _placements(session, run.id)):
@@ -151,7 +151,8 @@ def record_status(session: Session, worker_id: str, status: workers_pb2.Assignme
     gateway holding it), or a run unknown here. Its status, resent after the reconnect, says so;
     the caller cancels that part again."""
     placements = list(session.scalars(sa.select(RunPlacement).where(
-        RunPlacement.run_id == status.run_id, RunPlacement.worker_id == worker_id)))
+        RunPlacement.run_id == status.run_id, RunPlacement.worker_id == worker_id)
+        .order_by(RunPlacement.group_name, RunPlacement.first_index)))
     stray = status.state in WORKER_EXECUTING and all(p.state in TERMINAL for p in placements)
     refused = status.state == workers_pb2.ASSIGNMENT_STATE_FAILED
     failed_left = dict(status.endpoints_failed_by_group)
@@ -163,7 +164,13 @@ def record_status(session: Session, worker_id: str, status: workers_pb2.Assignme
         # Each status repeats the worker's newest errors: keep each once.
         if owner is not None and owner.state not in TERMINAL and text not in errors[id(owner)]:
             errors[id(owner)].append(text)
+    ended = ASSIGNMENT(status.state) in TERMINAL
+    seconds_left = dict(status.endpoint_seconds_by_group)
     for placement in placements:
+        # Kept even for a part the platform ended (cancelled, timed out): collection waits for it.
+        if placement.group_name in seconds_left:
+            placement.endpoint_seconds = seconds_left.pop(placement.group_name)
+        placement.samples_final = placement.samples_final or ended
         if placement.state in TERMINAL:
             continue
         placement.state = ASSIGNMENT(status.state)
@@ -179,10 +186,25 @@ def record_status(session: Session, worker_id: str, status: workers_pb2.Assignme
     return stray
 
 
+def fail_parts(session: Session, worker_id: str, reason: str) -> None:
+    """Fails what the worker still executes of running runs, e.g. because it restarted."""
+    for placement in session.scalars(sa.select(RunPlacement).join(Run, Run.id == RunPlacement.run_id).where(
+            RunPlacement.worker_id == worker_id, Run.state.in_(EXECUTING), RunPlacement.state.not_in(TERMINAL),
+            RunPlacement.state != PENDING)):
+        _fail_placement(placement, reason)
+
+
+def _fail_placement(placement: RunPlacement, reason: str) -> None:
+    placement.state = ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_FAILED)
+    placement.endpoints_failed = placement.count
+    placement.errors = [*placement.errors, reason]
+
+
 def advance(sessions: sessionmaker[Session], now: datetime, lost_after_s: float,
             collect_delay_s: float) -> tuple[list[Dispatch], list[Collect]]:
     """Timeouts, lost workers, ended executions. Returns cancellations to send and the runs whose
-    summary is due (``collect_delay_s`` after execution ended, so that the last samples are in)."""
+    summary is due (``collect_delay_s`` after execution ended, then on every tick until finish()
+    finds every sample the workers sent stored, or gives up waiting)."""
     cancels: list[Dispatch] = []
     collects: list[Collect] = []
     with sessions.begin() as session:
@@ -203,9 +225,7 @@ def advance(sessions: sessionmaker[Session], now: datetime, lost_after_s: float,
                 continue
             for placement in placements:
                 if placement.state not in TERMINAL and _lost(session.get(Worker, placement.worker_id), now, lost_after_s):
-                    placement.state = ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_FAILED)
-                    placement.endpoints_failed = placement.count
-                    placement.errors = [*placement.errors, "worker lost during the run"]
+                    _fail_placement(placement, "worker lost during the run")
             if all(p.state in TERMINAL for p in placements):
                 run.state, run.ended_at = RUN(runs_pb2.RUN_STATE_COLLECTING), now
         due = now - timedelta(seconds=collect_delay_s)
@@ -213,7 +233,7 @@ def advance(sessions: sessionmaker[Session], now: datetime, lost_after_s: float,
                 Run.state.in_([RUN(runs_pb2.RUN_STATE_COLLECTING), RUN(runs_pb2.RUN_STATE_CANCELLED),
                                RUN(runs_pb2.RUN_STATE_TIMED_OUT)]),
                 Run.summary.is_(None), Run.ended_at <= due)):
-            collects.append(Collect(run.id, [group.name for group in _spec(session, run).groups]))
+            collects.append(Collect(run.id, [group.name for group in _spec(session, run).groups], run.ended_at))
     return cancels, collects
 
 
@@ -225,23 +245,81 @@ def _lost(worker: Worker | None, now: datetime, lost_after_s: float) -> bool:
         now - silent_since > timedelta(seconds=lost_after_s)
 
 
-def finish(sessions: sessionmaker[Session], run_id: str, summary: results_pb2.RunSummary) -> None:
-    """Stores the summary; a collecting run gets its verdict (callmeter/common/verdict.py) and
-    FINISHED, or FAILED when it cannot be judged (nothing ran, nothing was attempted)."""
+def finish(sessions: sessionmaker[Session], run_id: str, summary: results_pb2.RunSummary, give_up: bool,
+           completeness_min_pct: float = COMPLETENESS_MIN_PCT) -> str | None:
+    """Stores the summary with its completeness; a collecting run gets its verdict
+    (callmeter/common/verdict.py) and FINISHED, or FAILED when it cannot be judged (nothing ran,
+    nothing was attempted, results incomplete).
+
+    Returns what is still awaited (a worker's end of its part, samples sent but not stored yet), or
+    None. While something is awaited and ``give_up`` is false, nothing is stored: the caller reads
+    the summary again later."""
     with sessions.begin() as session:
         run = session.get(Run, run_id)
         if run is None or run.summary is not None:
-            return
+            return None
         placements = _placements(session, run_id)
+        awaited = _awaited(placements, summary)
+        if awaited and not give_up:
+            return awaited
+        _set_completeness(summary, placements, run)
         if run.state == RUN(runs_pb2.RUN_STATE_COLLECTING):
             spec = _spec(session, run)
             planned = sum(p.count for p in placements)
             failed = sum(p.endpoints_failed for p in placements)
-            verdict, reasons = judge(summary, list(spec.gates), planned, failed)
+            verdict, reasons = judge(summary, list(spec.gates), planned, failed, completeness_min_pct)
             ended = runs_pb2.RUN_STATE_FAILED if verdict == runs_pb2.VERDICT_ERROR else runs_pb2.RUN_STATE_FINISHED
             run.state, run.verdict = RUN(ended), runs_pb2.Verdict.Name(verdict)
             run.reasons = [*run.reasons, *reasons, *error_reasons(placements)]
         run.summary = summary.SerializeToString()
+        return awaited
+
+
+def _lost_by_platform(placement: RunPlacement) -> bool:
+    """A part the platform failed without a word from its worker: lost, restarted, never delivered."""
+    return not placement.samples_final and placement.state == ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_FAILED)
+
+
+def _awaited(placements: list[RunPlacement], summary: results_pb2.RunSummary) -> str | None:
+    """What collection still waits for: workers that have not reported the end of their part (but
+    may still: the platform cancelled it or timed it out), or samples sent that are not stored."""
+    silent = {p.worker_id for p in placements if not p.samples_final and not _lost_by_platform(p)}
+    if silent:
+        return f"the end of their part from {len(silent)} worker{'s' if len(silent) != 1 else ''}"
+    sent: Counter[str] = Counter()
+    for placement in placements:
+        sent[placement.group_name] += placement.endpoint_seconds if placement.samples_final else 0
+    stored = {group.group: group.endpoint_seconds for group in summary.groups}
+    short = [f"group {group}: {stored.get(group, 0)} of {count} endpoint-seconds stored"
+             for group, count in sorted(sent.items()) if stored.get(group, 0) < count]
+    return "; ".join(short) or None
+
+
+def _set_completeness(summary: results_pb2.RunSummary, placements: list[RunPlacement], run: Run) -> None:
+    """completeness_pct of each group and of the run: endpoint-seconds stored ÷ expected.
+
+    Expected is what the workers measured, by their final count. For a part the platform lost
+    (worker lost or restarted, part never delivered) its worker's count is not final: expected is
+    then its endpoints × the seconds per endpoint its group's other parts measured, or the seconds
+    the run lasted (whichever its worker's last count does not exceed)."""
+    lasted = (run.ended_at - (run.started_at or run.created_at)).total_seconds() if run.ended_at else 0.0
+    final_seconds: Counter[str] = Counter()
+    final_endpoints: Counter[str] = Counter()
+    for placement in placements:
+        if placement.samples_final:
+            final_seconds[placement.group_name] += placement.endpoint_seconds
+            final_endpoints[placement.group_name] += placement.count
+    expected = Counter(final_seconds)
+    for placement in placements:
+        if not placement.samples_final:
+            group = placement.group_name
+            per_endpoint = final_seconds[group] / final_endpoints[group] if final_endpoints[group] else lasted
+            expected[group] += max(placement.endpoint_seconds, round(placement.count * per_endpoint))
+    for group in summary.groups:
+        if expected[group.group]:
+            group.completeness_pct = min(100.0, 100.0 * group.endpoint_seconds / expected[group.group])
+    if sum(expected.values()):
+        summary.total.completeness_pct = min(100.0, 100.0 * summary.total.endpoint_seconds / sum(expected.values()))
 
 
 #: Example endpoints named per cause in a run's reasons.
@@ -277,6 +355,8 @@ def cancel(sessions: sessionmaker[Session], run_id: str) -> tuple[runs_pb2.Run, 
         cancels = [Dispatch(run.id, worker_id, workers_pb2.Assignment(run_id=run.id))
                    for worker_id in {p.worker_id for p in placements if p.state not in TERMINAL and p.state != PENDING}]
         for placement in placements:
+            if placement.state == PENDING:  # never sent: no sample will come
+                placement.samples_final = True
             if placement.state not in TERMINAL:
                 placement.state = ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_CANCELLED)
         run.state, run.verdict = RUN(runs_pb2.RUN_STATE_CANCELLED), runs_pb2.Verdict.Name(runs_pb2.VERDICT_ERROR)

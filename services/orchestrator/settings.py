@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from callmeter.common.settings import CommonSettings
+from callmeter.common.verdict import COMPLETENESS_MIN_PCT
 from callmeter.common.stores.database import normalize_database_url
 from callmeter.common.stores.nats import NatsUrl
 
@@ -25,7 +26,12 @@ class OrchestratorSettings(CommonSettings):
     #: How often runs are driven forward (dispatch, timeouts, lost workers, collection).
     tick_interval_s: float = Field(default=0.5, gt=0, le=60)
     #: Wait this long after a run's execution ends before reading its summary (ingest lag).
-    collect_delay_s: float = Field(default=3.0, ge=0, le=600)
+    collect_delay_s: float = Field(default=1.0, ge=0, le=600)
+    #: Then read it again on every tick until every sample the workers sent is stored, for at most
+    #: this long after the run ended; what is missing then lowers the run's completeness.
+    collect_wait_s: float = Field(default=30.0, ge=0, le=3600)
+    #: A run whose completeness (endpoint-seconds stored ÷ expected) is below this is not judged (ERROR).
+    completeness_min_pct: float = Field(default=COMPLETENESS_MIN_PCT, ge=0, le=100)
     #: Give up reading a summary this long after execution ended; the run is FAILED then.
     collect_timeout_s: float = Field(default=120.0, gt=0, le=3600)
 

@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from callmeter.common.errors import CallmeterError, ErrorCode
 from callmeter.common.tokens import hash_secret
 from callmeter.state.convert import worker_to_proto
-from callmeter.state.models import Worker, WorkerToken, utcnow
+from callmeter.state.models import ID_LENGTH, Worker, WorkerToken, utcnow
 from callmeter.v1 import orchestrator_pb2, workers_pb2
-from services.orchestrator.runs import record_status
+from services.orchestrator.runs import fail_parts, record_status
 
 STATE = workers_pb2.WorkerState.Name
 LIVE_STATES = [STATE(s) for s in (workers_pb2.WORKER_STATE_ONLINE, workers_pb2.WORKER_STATE_BUSY,
@@ -41,6 +41,9 @@ def admit_worker(sessions: sessionmaker[Session], request: orchestrator_pb2.Admi
             worker = Worker(token_id=token.id, name=name)
             session.add(worker)
         now = utcnow()
+        if worker.instance_id and hello.instance_id != worker.instance_id:
+            fail_parts(session, worker.id, "worker restarted; its endpoints stopped")
+        worker.instance_id = hello.instance_id[:ID_LENGTH] or None
         worker.labels = [{"key": label.key, "value": label.value} for label in hello.labels]
         worker.capacity = hello.capacity.SerializeToString()
         worker.version = hello.version[:64]

@@ -4,6 +4,7 @@ Each engine runs a packed share of the endpoints. An engine that dies before say
 its endpoints, reported with the exit reason; the other engines go on. An endpoint error from a
 live engine (one failed call of several, a refused REGISTER) is reported but the engine goes
 on with that phone. The status goes to the gateway on every change; samples go to the uplink.
+The final status counts every sample handed on, so that the platform knows how many to wait for.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class RunExecution:
         self.endpoints = sum(piece.count for slices in packed for piece in slices)
         self.erred: set[tuple[str, int]] = set()  # reported at least one error
         self.lost: set[tuple[str, int]] = set()  # their engine could not start or died
+        self.endpoint_seconds: Counter[str] = Counter()  # samples handed on, by group
         self.errors: list[workers_pb2.EndpointError] = []
         self.engines: list[EngineProcess] = []
         self.cancelled = False
@@ -59,7 +61,8 @@ class RunExecution:
                                             endpoints_running=self.running_endpoints,
                                             endpoints_failed=len(self.erred | self.lost),
                                             errors=self.errors[-MAX_ERRORS_SENT:],
-                                            endpoints_failed_by_group=Counter(g for g, _ in self.erred | self.lost))
+                                            endpoints_failed_by_group=Counter(g for g, _ in self.erred | self.lost),
+                                            endpoint_seconds_by_group=self.endpoint_seconds)
 
     def _report(self, state: int | None = None) -> None:
         if state is not None:
@@ -113,6 +116,7 @@ class RunExecution:
         async for event in engine.events():
             kind = event.WhichOneof("event")
             if kind == "sample":
+                self.endpoint_seconds[event.sample.group] += 1
                 self.on_sample(self.run_id, event.sample)
             elif kind == "endpoint_error":
                 self._record(event.endpoint_error)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections.abc import Callable
 
 import grpc
@@ -54,6 +55,7 @@ class GatewayLink:
         self.on_message = on_message
         self.on_connected = on_connected
         self.stopping = asyncio.Event()
+        self.instance_id = uuid.uuid4().hex  # said in every hello: the platform tells a restart from a reconnect
         self.call: grpc.aio.StreamStreamCall | None = None
         self.outbound: asyncio.Queue[workers_pb2.WorkerMessage] | None = None
 
@@ -109,7 +111,7 @@ class GatewayLink:
             self.call = call
             await call.write(workers_pb2.WorkerMessage(hello=workers_pb2.Hello(
                 token=settings.worker_token.get_secret_value(), name=settings.worker_name,
-                labels=settings.labels(), capacity=self.capacity, version=__version__)))
+                labels=settings.labels(), capacity=self.capacity, version=__version__, instance_id=self.instance_id)))
             first = await call.read()
             if first is grpc.aio.EOF or first.WhichOneof("message") != "welcome":
                 raise ConnectionError("the gateway did not answer the hello with a welcome")

@@ -17,7 +17,8 @@ from callmeter.v1 import results_pb2, runs_pb2
 def fabricated() -> tuple[runs_pb2.Run, results_pb2.RunSummary]:
     callers = results_pb2.GroupSummary(group="callers", endpoints=10, registered=10, calls_attempted=20,
                                        calls_connected=19, calls_failed=1, mos_avg=4.21, mos_min=3.5,
-                                       jitter_ms_p95=4.5, loss_pct=0.25, rtt_ms_p95=12.0, setup_ms_p95=180.0)
+                                       jitter_ms_p95=4.5, loss_pct=0.25, rtt_ms_p95=12.0, setup_ms_p95=180.0,
+                                       endpoint_seconds=600, completeness_pct=100.0)
     callees = results_pb2.GroupSummary(group="callees", endpoints=10, registered=9)
     summary = results_pb2.RunSummary(run_id="r1", groups=[callers, callees], gates=[
         results_pb2.GateResult(gate="mos_avg >= 4.0", observed=4.21, passed=True),
@@ -40,10 +41,10 @@ def test_json_has_exactly_the_documented_shape() -> None:
     assert data["groups"][0] == {
         "name": "callers", "endpoints": 10, "registered": 10, "register_attempted": 0, "calls_attempted": 20,
         "calls_connected": 19, "calls_failed": 1, "mos_avg": 4.21, "mos_min": 3.5, "jitter_ms_p95": 4.5, "loss_pct": 0.25, "rtt_ms_p95": 12.0,
-        "setup_ms_p95": 180.0,
+        "setup_ms_p95": 180.0, "endpoint_seconds": 600, "completeness_pct": 100.0,
     }
     assert [g["name"] for g in data["groups"]] == ["callers", "callees"]
-    not_measured = ("mos_avg", "mos_min", "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95")
+    not_measured = ("mos_avg", "mos_min", "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95", "completeness_pct")
     assert all(data["groups"][1][field] is None for field in not_measured), "not measured is null, not 0"
     summary.total.CopyFrom(summary.groups[0])
     assert run_json(run, summary)["total"] == {k: v for k, v in data["groups"][0].items() if k != "name"}
@@ -60,6 +61,10 @@ def test_junit_has_a_case_per_gate_and_a_failure_where_it_did_not_hold() -> None
     assert cases[0].find("failure") is None
     failure = cases[1].find("failure")
     assert failure is not None and failure.get("message") == "observed 5"
+    assert suite.find("properties/property[@name='completeness_pct']") is None, "not known: not shown"
+    summary.total.completeness_pct = 97.25
+    suite = ET.fromstring(junit_xml("smoke", run, summary)).find("testsuite")
+    assert suite is not None and suite.find("properties/property[@name='completeness_pct']").get("value") == "97.2"
 
 
 def test_junit_reports_a_run_that_did_not_finish_as_an_error() -> None:
@@ -76,7 +81,9 @@ def test_result_table_gates_and_verdict() -> None:
     text = format_result(run, summary)
     header, callers, callees = text.splitlines()[:3]
     assert header.split()[:3] == ["group", "endpoints", "registered"]
-    assert callers.split() == ["callers", "10", "10", "20", "19", "1", "4.21", "3.50", "4.5", "0.25", "12.0", "180"]
+    assert callers.split() == ["callers", "10", "10", "20", "19", "1", "4.21", "3.50", "4.5", "0.25", "12.0", "180",
+                               "100.0"]
+    assert header.split()[-2:] == ["complete", "%"]
     assert callees.split()[:3] == ["callees", "10", "9"]
     assert "PASS  mos_avg >= 4.0  (observed 4.21)" in text
     assert "FAIL  group callers: calls_failed_pct == 0  (observed 5)" in text
@@ -113,7 +120,7 @@ def test_a_figure_or_gate_never_measured_says_so_everywhere_never_0() -> None:
     summary.gates[1].ClearField("observed")
     table = format_result(run, summary)
     callees = next(line for line in table.splitlines() if line.startswith("callees"))
-    assert callees.count("not measured") == 6 and "0.00" not in callees
+    assert callees.count("not measured") == 7 and "0.00" not in callees
     assert "FAIL  group callers: calls_failed_pct == 0  (not measured)" in table
     assert run_json(run, summary)["gates"][1]["observed"] is None
     failure = ET.fromstring(junit_xml("smoke", run, summary)).find("testsuite/testcase[2]/failure")

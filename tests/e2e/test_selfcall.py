@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
 from callmeter.common.stores.database import create_database_engine
@@ -20,6 +21,7 @@ from callmeter.common.stores.nats import EmbeddedNats
 from callmeter.common.tls import DevPki
 from callmeter.state.bootstrap import bootstrap_local
 from callmeter.state.migrate import upgrade
+from callmeter.v1 import results_pb2, results_pb2_grpc
 from tests.procs import ServiceProcess, base_env, callmeter_command, eventually, http_get, start_service
 
 MACHINE_NATS = "nats://127.0.0.1:4222"
@@ -54,6 +56,7 @@ class Platform:
     pki: DevPki
     services: dict[str, ServiceProcess]
     owner_token: str
+    worker_token: str
     #: Fixed, so that a restarted orchestrator or gateway is found where the others look.
     orchestrator_port: int
     gateway_port: int
@@ -72,6 +75,34 @@ class Platform:
             "CALLMETER_ORCHESTRATOR_ADDRESS": self.services["orchestrator"].address,
             "CALLMETER_GRPC_PORT": str(self.gateway_port)})
         return self.services["gateway"]
+
+    def start_worker(self) -> ServiceProcess:
+        worker = self.services["worker"] = start_service("worker", self.tmp_path, {
+            "CALLMETER_GATEWAY_ADDRESS": self.services["gateway"].address, "CALLMETER_CA_FILE": str(self.pki.ca_cert),
+            "CALLMETER_WORKER_TOKEN": self.worker_token, "CALLMETER_HEALTH_PORT": "0",
+            "CALLMETER_WORKER_NAME": "e2e", "CALLMETER_RECONNECT_INITIAL_S": "1", "CALLMETER_RECONNECT_MAX_S": "2"})
+        eventually(lambda: http_get(f"http://127.0.0.1:{worker.ready['health_port']}/readyz")[0] == 200,
+                   timeout_s=60, message="worker connected")
+        return worker
+
+    def start_run(self, duration_s: int, *extra: str) -> tuple[subprocess.Popen[str], str]:
+        """`callmeter run --wait --json` of the self-call in the background; returns it and its run id."""
+        spec = self.tmp_path / "long.yaml"
+        spec.write_text(SPEC.format(port=free_port(), duration=duration_s))
+        env = base_env(CALLMETER_API=self.services["api"].address, CALLMETER_TOKEN=self.owner_token)
+        runner = subprocess.Popen(callmeter_command("run", str(spec), "--wait", "--json", *extra), env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert runner.stderr is not None
+        started = runner.stderr.readline()  # "run ID of 'NAME' version N started"
+        assert started.startswith("run "), started + runner.stderr.read()
+        return runner, started.split()[1]
+
+    def wait_until_stored(self, run_id: str) -> None:
+        """Until every endpoint of the self-call has seconds in the metrics store."""
+        with grpc.insecure_channel(self.services["metrics"].address) as channel:
+            metrics = results_pb2_grpc.MetricsQueryServiceStub(channel)
+            eventually(lambda: metrics.GetRunSummary(results_pb2.RunSummaryRequest(run_id=run_id)).total.endpoints == 4,
+                       timeout_s=60, message="every endpoint's first seconds stored")
 
     def run(self, spec_text: str, *extra: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
         spec = self.tmp_path / f"spec-{len(list(self.tmp_path.glob('spec-*')))}.yaml"
@@ -93,7 +124,7 @@ def start_platform(tmp_path: Path, database_url: str, nats_url: str, pki: DevPki
     boot = bootstrap_local(engine, existing_worker_token=None)
     engine.dispose()
     assert boot.owner_token_secret and boot.worker_token_secret
-    platform = Platform(tmp_path, database_url, nats_url, pki, {}, boot.owner_token_secret,
+    platform = Platform(tmp_path, database_url, nats_url, pki, {}, boot.owner_token_secret, boot.worker_token_secret,
                         orchestrator_port=free_port(), gateway_port=free_port())
     platform.services["metrics"] = start_service("metrics", tmp_path, {
         "CALLMETER_NATS_URL": nats_url, "CALLMETER_CLICKHOUSE_URL": f"chdb://{tmp_path / 'metrics'}"})
@@ -102,12 +133,7 @@ def start_platform(tmp_path: Path, database_url: str, nats_url: str, pki: DevPki
     platform.services["api"] = start_service("api", tmp_path, {
         "CALLMETER_DATABASE_URL": database_url, "CALLMETER_ORCHESTRATOR_ADDRESS": platform.services["orchestrator"].address,
         "CALLMETER_METRICS_ADDRESS": platform.services["metrics"].address})
-    worker = platform.services["worker"] = start_service("worker", tmp_path, {
-        "CALLMETER_GATEWAY_ADDRESS": platform.services["gateway"].address, "CALLMETER_CA_FILE": str(pki.ca_cert),
-        "CALLMETER_WORKER_TOKEN": boot.worker_token_secret, "CALLMETER_HEALTH_PORT": "0",
-        "CALLMETER_WORKER_NAME": "e2e", "CALLMETER_RECONNECT_INITIAL_S": "1", "CALLMETER_RECONNECT_MAX_S": "2"})
-    eventually(lambda: http_get(f"http://127.0.0.1:{worker.ready['health_port']}/readyz")[0] == 200,
-               timeout_s=60, message="worker connected")
+    platform.start_worker()
     return platform
 
 
@@ -144,6 +170,7 @@ def assert_good_call_result(result: subprocess.CompletedProcess[str]) -> dict:  
     # Two calls, each counted by its caller and its callee; the run counts them once.
     assert (summary["total"]["calls_attempted"], summary["total"]["calls_connected"]) == (2, 2), summary["total"]
     assert summary["gates"] == [{"gate": "mos_avg >= 3.5", "observed": summary["total"]["mos_avg"], "passed": True}]
+    assert summary["total"]["completeness_pct"] == 100.0, summary["total"]
     return summary
 
 
@@ -157,11 +184,7 @@ def test_selfcall_on_postgresql_and_the_machines_nats(production: Platform) -> N
 
 
 def test_run_survives_the_orchestrator_killed_and_restarted(embedded: Platform) -> None:
-    spec = embedded.tmp_path / "long.yaml"
-    spec.write_text(SPEC.format(port=free_port(), duration=12))
-    env = base_env(CALLMETER_API=embedded.services["api"].address, CALLMETER_TOKEN=embedded.owner_token)
-    runner = subprocess.Popen(callmeter_command("run", str(spec), "--wait", "--json"), env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runner, _ = embedded.start_run(12)
     worker_log = embedded.services["worker"]
     eventually(lambda: "assignment_accepted" in worker_log.log(), timeout_s=60, message="run dispatched")
     orchestrator = embedded.services["orchestrator"]
@@ -181,16 +204,14 @@ def test_a_run_cancelled_while_the_worker_is_away_stops_when_it_is_back(embedded
     """The gateway dies mid-run; the run is cancelled meanwhile (the cancel reaches nobody); the
     gateway comes back, the worker reconnects, its resent status says it still runs the part,
     and the orchestrator cancels it again: the phones hang up instead of calling for a minute."""
-    spec = embedded.tmp_path / "long.yaml"
-    spec.write_text(SPEC.format(port=free_port(), duration=60))
-    env = base_env(CALLMETER_API=embedded.services["api"].address, CALLMETER_TOKEN=embedded.owner_token)
-    runner = subprocess.Popen(callmeter_command("run", str(spec), "--wait", "--json", "--timeout", "15"), env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runner, _ = embedded.start_run(60, "--timeout", "15")
     eventually(lambda: worker_health(embedded).get("running_endpoints") == 4, timeout_s=60, message="calls running")
     gateway = embedded.services["gateway"]
     os.kill(gateway.process.pid, signal.SIGKILL)
     gateway.process.wait()
-    _, stderr = runner.communicate(timeout=60)  # the CLI gives up after 15 s and cancels the run
+    # The CLI gives up after 15 s and cancels the run; its summary waits collect_wait_s for the
+    # worker's samples, which do not come while it is away.
+    _, stderr = runner.communicate(timeout=120)
     assert runner.returncode != 0 and "cancelled it" in stderr, stderr
     assert worker_health(embedded)["running_endpoints"] == 4, "nothing told the worker yet"
 
@@ -201,20 +222,36 @@ def test_a_run_cancelled_while_the_worker_is_away_stops_when_it_is_back(embedded
 
 
 def test_ctrl_c_cancels_the_waited_run_and_prints_what_it_measured(embedded: Platform) -> None:
-    spec = embedded.tmp_path / "long.yaml"
-    spec.write_text(SPEC.format(port=free_port(), duration=60))
-    env = base_env(CALLMETER_API=embedded.services["api"].address, CALLMETER_TOKEN=embedded.owner_token)
-    runner = subprocess.Popen(callmeter_command("run", str(spec), "--wait", "--json"), env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    eventually(lambda: worker_health(embedded).get("running_endpoints") == 4, timeout_s=60, message="calls running")
+    runner, run_id = embedded.start_run(60)
+    embedded.wait_until_stored(run_id)
     runner.send_signal(signal.SIGINT)
     stdout, stderr = runner.communicate(timeout=60)
     assert runner.returncode == 2 and "cancelled by Ctrl-C" in stderr, stderr
     result = json.loads(stdout)
     assert (result["state"], result["verdict"]) == ("cancelled", "error"), result
     assert result["total"]["endpoints"] == 4, "the summary keeps what was measured until the cancel"
+    # Collected once the worker had stopped and every sample it sent was stored, however late.
+    assert result["total"]["completeness_pct"] == 100.0 and result["total"]["endpoint_seconds"] >= 4, result
     eventually(lambda: worker_health(embedded).get("running_endpoints") == 0, timeout_s=30,
                message="the worker stopped the cancelled run")
+
+
+def test_a_worker_restarted_mid_run_ends_the_run_at_once_as_incomplete(embedded: Platform) -> None:
+    """Seen: a worker restarted mid-run came back running nothing; the run stayed "running" to its
+    timeout, then PASSED with most of its endpoint-seconds missing."""
+    runner, run_id = embedded.start_run(60)
+    embedded.wait_until_stored(run_id)
+    worker = embedded.services["worker"]
+    os.kill(worker.process.pid, signal.SIGKILL)
+    worker.process.wait()
+    embedded.start_worker()
+    stdout, stderr = runner.communicate(timeout=60)  # well before the calls' 60 s
+    assert runner.returncode == 2, stdout + stderr
+    result = json.loads(stdout)
+    assert (result["state"], result["verdict"]) == ("failed", "error"), result
+    assert result["reasons"][0].startswith("results incomplete: "), result["reasons"]
+    assert "group callers: worker restarted; its endpoints stopped" in result["reasons"], result["reasons"]
+    assert 0 < result["total"]["completeness_pct"] < 99, result["total"]
 
 
 def test_a_run_whose_worker_lacks_the_credential_is_an_error_not_a_pass(embedded: Platform) -> None:

@@ -48,7 +48,7 @@ SELECT `group`, grouping(`group`),
   ifNotFinite(quantileExactInclusiveIf(0.95)(rtt_us / 1000, call_active = 1 AND rtt_us > 0), 0),
   ifNotFinite(quantileExactInclusiveIf(0.95)(setup_time_ms / 1, calls_connected > 0 AND setup_time_ms > 0), 0),
   ifNotFinite(minIf(mos / 100, call_active = 1 AND mos > 0), 0),
-  uniqExact(`group`, endpoint), sum(calls_attempted), sum(calls_failed), sum(rx_lost), sum(rx_packets)
+  uniqExact(`group`, endpoint), sum(calls_attempted), sum(calls_failed), sum(rx_lost), sum(rx_packets), count()
 FROM {SAMPLES_TABLE} FINAL WHERE run_id = {{run_id:String}}
 GROUP BY GROUPING SETS ((`group`), ())
 """
@@ -86,11 +86,13 @@ def test_the_rollup_gives_the_raw_rows_exact_quantiles_and_counts(tmp_path: Path
             summaries = await store.call(queries.group_summaries, ["exact"])
             raw = (await store.call(lambda c: c.query(_RAW_EXACT_SQL, parameters={"run_id": "exact"}))).result_rows
             assert len(raw) == len(GROUPS) + 1
-            for group, is_total, jitter, rtt, setup, mos_min, endpoints, attempted, failed, lost, received in raw:
+            for (group, is_total, jitter, rtt, setup, mos_min, endpoints, attempted, failed, lost, received,
+                 endpoint_seconds) in raw:
                 s = summaries["exact"]["" if is_total else group]
                 assert (s.jitter_ms_p95, s.rtt_ms_p95, s.setup_ms_p95, s.mos_min) == (jitter, rtt, setup, mos_min)
                 assert (s.endpoints, s.calls_attempted, s.calls_failed) == (endpoints, attempted, failed)
                 assert s.loss_pct == 100.0 * lost / (received + lost)
+                assert s.endpoint_seconds == endpoint_seconds, "each endpoint-second once, though stored twice"
             assert await store.call(rollup_rows, "exact") == (len(GROUPS) * SECONDS, len(data["group"]))
         finally:
             await store.close()

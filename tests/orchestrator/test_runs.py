@@ -40,9 +40,10 @@ def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[session
     engine.dispose()
 
 
-def admit(sessions: sessionmaker[Session], name: str, max_endpoints: int) -> str:
-    secret = bootstrap_local(sessions.kw["bind"], existing_worker_token=None).worker_token_secret
-    hello = workers_pb2.Hello(token=secret or "", name=name, capacity=workers_pb2.WorkerCapacity(
+def admit(sessions: sessionmaker[Session], name: str, max_endpoints: int, secret: str | None = None,
+          instance_id: str = "") -> str:
+    secret = secret or bootstrap_local(sessions.kw["bind"], existing_worker_token=None).worker_token_secret
+    hello = workers_pb2.Hello(token=secret or "", name=name, instance_id=instance_id, capacity=workers_pb2.WorkerCapacity(
         max_endpoints=max_endpoints, codecs=["PCMU/8000/1"], transports=[common_pb2.TRANSPORT_UDP]))
     return workers.admit_worker(sessions, orchestrator_pb2.AdmitWorkerRequest(hello=hello, gateway_id="g1")).id
 
@@ -77,6 +78,15 @@ def report(sessions: sessionmaker[Session], worker_id: str, status: workers_pb2.
         gateway_id="g1", events=[orchestrator_pb2.WorkerEvent(worker_id=worker_id, status=status)]))
 
 
+def running_run(sessions: sessionmaker[Session]) -> tuple[str, str]:
+    """A run placed on a new worker "w1" and delivered to it: (run id, worker id)."""
+    run_id = new_run(sessions)
+    worker_id = admit(sessions, "w1", max_endpoints=8)
+    runs.submit(sessions, run_id)
+    runs.mark_delivery(sessions, runs.pending_dispatches(sessions)[0], delivered=True)
+    return run_id, worker_id
+
+
 def good_summary(run_id: str) -> results_pb2.RunSummary:
     return results_pb2.RunSummary(run_id=run_id, total=results_pb2.GroupSummary(
         calls_attempted=2, calls_connected=2, mos_avg=4.3, endpoints=4))
@@ -105,7 +115,7 @@ def test_a_run_goes_from_queued_to_finished_with_a_verdict(sessions: sessionmake
     cancels, collects = runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
     assert [c.run_id for c in collects] == [run_id] and collects[0].groups == ["callees", "callers"]
 
-    runs.finish(sessions, run_id, good_summary(run_id))
+    runs.finish(sessions, run_id, good_summary(run_id), give_up=False)
     row = run_row(sessions, run_id)
     assert (row.state, row.verdict) == ("RUN_STATE_FINISHED", "VERDICT_PASS")
     stored = results_pb2.RunSummary.FromString(row.summary)
@@ -113,10 +123,7 @@ def test_a_run_goes_from_queued_to_finished_with_a_verdict(sessions: sessionmake
 
 
 def test_collection_waits_for_the_ingest_delay(sessions: sessionmaker[Session]) -> None:
-    run_id = new_run(sessions)
-    worker_id = admit(sessions, "w1", max_endpoints=8)
-    runs.submit(sessions, run_id)
-    runs.mark_delivery(sessions, runs.pending_dispatches(sessions)[0], delivered=True)
+    run_id, worker_id = running_run(sessions)
     report(sessions, worker_id, workers_pb2.AssignmentStatus(run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_DONE))
     runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=5)
     assert runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=5)[1] == []
@@ -146,7 +153,7 @@ def test_undelivered_assignment_fails_its_endpoints(sessions: sessionmaker[Sessi
     assert all(p.state == "ASSIGNMENT_STATE_FAILED" and p.endpoints_failed == p.count
                for p in placements(sessions, run_id))
     runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
-    runs.finish(sessions, run_id, results_pb2.RunSummary(run_id=run_id))
+    runs.finish(sessions, run_id, results_pb2.RunSummary(run_id=run_id), give_up=False)
     row = run_row(sessions, run_id)
     assert (row.state, row.verdict) == ("RUN_STATE_FAILED", "VERDICT_ERROR")
     assert row.reasons[0] == "no endpoint ran: none of the 4 planned endpoints reported a measurement"
@@ -166,7 +173,7 @@ def test_timeout_cancels_the_workers_and_ends_timed_out_unjudged_with_its_summar
     assert row.reasons == ["the run reached its timeout (10 s) with 4 endpoints still running; not judged"]
     _, collects = runs.advance(sessions, utcnow() + timedelta(seconds=12), lost_after_s=600, collect_delay_s=0)
     assert [c.run_id for c in collects] == [run_id]
-    runs.finish(sessions, run_id, good_summary(run_id))  # gates would pass: still not judged
+    runs.finish(sessions, run_id, good_summary(run_id), give_up=True)  # gates would pass: still not judged
     row = run_row(sessions, run_id)
     assert (row.state, row.verdict) == ("RUN_STATE_TIMED_OUT", "VERDICT_ERROR") and row.summary is not None
     assert not results_pb2.RunSummary.FromString(row.summary).gates
@@ -174,16 +181,14 @@ def test_timeout_cancels_the_workers_and_ends_timed_out_unjudged_with_its_summar
 
 def test_a_refused_assignment_is_an_error_not_a_pass(sessions: sessionmaker[Session]) -> None:
     """The worker lacks the group's credential: it refuses, no endpoint runs, nothing is measured."""
-    run_id = new_run(sessions)
-    worker_id = admit(sessions, "w1", max_endpoints=8)
-    runs.submit(sessions, run_id)
-    runs.mark_delivery(sessions, runs.pending_dispatches(sessions)[0], delivered=True)
+    run_id, worker_id = running_run(sessions)
     report(sessions, worker_id, workers_pb2.AssignmentStatus(  # as a worker older than the per-group counts
         run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_FAILED,
         errors=[workers_pb2.EndpointError(reason="credential 'pbx' is not defined on this worker")]))
     assert all(p.endpoints_failed == p.count for p in placements(sessions, run_id))
     runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
-    runs.finish(sessions, run_id, results_pb2.RunSummary(run_id=run_id, total=results_pb2.GroupSummary()))
+    runs.finish(sessions, run_id, results_pb2.RunSummary(run_id=run_id, total=results_pb2.GroupSummary()),
+                give_up=False)
     row = run_row(sessions, run_id)
     assert (row.state, row.verdict) == ("RUN_STATE_FAILED", "VERDICT_ERROR")
     assert any("credential 'pbx' is not defined" in reason for reason in row.reasons)
@@ -191,10 +196,7 @@ def test_a_refused_assignment_is_an_error_not_a_pass(sessions: sessionmaker[Sess
 
 def test_failures_are_counted_per_group_and_reasons_grouped_once_under_their_group(
         sessions: sessionmaker[Session]) -> None:
-    run_id = new_run(sessions)
-    worker_id = admit(sessions, "w1", max_endpoints=8)
-    runs.submit(sessions, run_id)
-    runs.mark_delivery(sessions, runs.pending_dispatches(sessions)[0], delivered=True)
+    run_id, worker_id = running_run(sessions)
     errors = [workers_pb2.EndpointError(group="callers", endpoint=i, sip_code=401, reason="registration failed")
               for i in (0, 1)]
     status = workers_pb2.AssignmentStatus(run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_RUNNING,
@@ -206,16 +208,13 @@ def test_failures_are_counted_per_group_and_reasons_grouped_once_under_their_gro
     assert sorted((p.group_name, p.endpoints_failed) for p in placements(sessions, run_id)) == [
         ("callees", 0), ("callers", 2)]
     runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
-    runs.finish(sessions, run_id, good_summary(run_id))
+    runs.finish(sessions, run_id, good_summary(run_id), give_up=False)
     row = run_row(sessions, run_id)
     assert row.reasons == ["group callers: 2 endpoints: registration failed (SIP 401) (e.g. [0], [1])"]
 
 
 def test_a_lost_worker_fails_its_endpoints_and_the_run_goes_on(sessions: sessionmaker[Session]) -> None:
-    run_id = new_run(sessions)
-    worker_id = admit(sessions, "w1", max_endpoints=8)
-    runs.submit(sessions, run_id)
-    runs.mark_delivery(sessions, runs.pending_dispatches(sessions)[0], delivered=True)
+    run_id, worker_id = running_run(sessions)
     with sessions.begin() as session:
         session.get(Worker, worker_id).state = "WORKER_STATE_ERROR"
     runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
@@ -223,18 +222,99 @@ def test_a_lost_worker_fails_its_endpoints_and_the_run_goes_on(sessions: session
     assert run_row(sessions, run_id).state == "RUN_STATE_COLLECTING"
 
 
-def test_cancel_reaches_the_workers_and_keeps_a_summary(sessions: sessionmaker[Session]) -> None:
+def test_a_worker_that_restarted_fails_at_once_the_parts_it_no_longer_runs(sessions: sessionmaker[Session]) -> None:
+    """Seen: the worker came back under the same id running nothing, and the run stayed "running"
+    until its timeout. A reconnect of the same process (same instance id) keeps its parts."""
+    secret = bootstrap_local(sessions.kw["bind"], existing_worker_token=None).worker_token_secret
+    worker_id = admit(sessions, "w1", max_endpoints=8, secret=secret, instance_id="first")
     run_id = new_run(sessions)
-    worker_id = admit(sessions, "w1", max_endpoints=8)
     runs.submit(sessions, run_id)
     runs.mark_delivery(sessions, runs.pending_dispatches(sessions)[0], delivered=True)
+    assert admit(sessions, "w1", max_endpoints=8, secret=secret, instance_id="first") == worker_id
+    assert all(p.state == "ASSIGNMENT_STATE_ACCEPTED" for p in placements(sessions, run_id))
+    assert admit(sessions, "w1", max_endpoints=8, secret=secret, instance_id="second") == worker_id
+    assert all(p.state == "ASSIGNMENT_STATE_FAILED" and p.endpoints_failed == p.count and
+               p.errors == ["worker restarted; its endpoints stopped"] for p in placements(sessions, run_id))
+    runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
+    assert run_row(sessions, run_id).state == "RUN_STATE_COLLECTING"
+
+
+def test_cancel_reaches_the_workers_and_keeps_a_summary(sessions: sessionmaker[Session]) -> None:
+    run_id, worker_id = running_run(sessions)
     run, cancels = runs.cancel(sessions, run_id)
     assert run.state == runs_pb2.RUN_STATE_CANCELLED and [c.worker_id for c in cancels] == [worker_id]
     assert runs.cancel(sessions, run_id)[1] == []  # idempotent
     _, collects = runs.advance(sessions, utcnow() + timedelta(seconds=1), lost_after_s=60, collect_delay_s=0)
-    runs.finish(sessions, run_id, good_summary(run_id))
+    assert [c.run_id for c in collects] == [run_id]
+    # The worker has not said its part stopped: its last samples may still be on their way.
+    assert runs.finish(sessions, run_id, good_summary(run_id), give_up=False) == \
+        "the end of their part from 1 worker"
+    assert run_row(sessions, run_id).summary is None
+    report(sessions, worker_id, workers_pb2.AssignmentStatus(
+        run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_CANCELLED,
+        endpoint_seconds_by_group={"callers": 6, "callees": 6}))
+    summary = summary_storing(run_id, callers=6, callees=5)
+    assert runs.finish(sessions, run_id, summary, give_up=False) == "group callees: 5 of 6 endpoint-seconds stored"
+    assert runs.finish(sessions, run_id, summary_storing(run_id, callers=6, callees=6), give_up=False) is None
     row = run_row(sessions, run_id)
     assert row.state == "RUN_STATE_CANCELLED" and row.summary is not None
+    assert results_pb2.RunSummary.FromString(row.summary).total.completeness_pct == 100.0
+
+
+def summary_storing(run_id: str, **seconds: int) -> results_pb2.RunSummary:
+    """A good summary whose groups stored these endpoint-seconds."""
+    summary = good_summary(run_id)
+    summary.total.endpoint_seconds = sum(seconds.values())
+    summary.groups.extend(results_pb2.GroupSummary(group=g, endpoints=2, endpoint_seconds=n) for g, n in seconds.items())
+    return summary
+
+
+def test_collection_waits_until_every_sample_sent_is_stored(sessions: sessionmaker[Session]) -> None:
+    run_id, worker_id = running_run(sessions)
+    report(sessions, worker_id, workers_pb2.AssignmentStatus(
+        run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_DONE, endpoint_seconds_by_group={"callers": 20, "callees": 20}))
+    runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
+    assert runs.finish(sessions, run_id, summary_storing(run_id, callers=20, callees=0), give_up=False) == \
+        "group callees: 0 of 20 endpoint-seconds stored"
+    assert run_row(sessions, run_id).state == "RUN_STATE_COLLECTING"
+    assert runs.finish(sessions, run_id, summary_storing(run_id, callers=20, callees=20), give_up=False) is None
+    row = run_row(sessions, run_id)
+    assert (row.state, row.verdict) == ("RUN_STATE_FINISHED", "VERDICT_PASS")
+    stored = results_pb2.RunSummary.FromString(row.summary)
+    assert [g.completeness_pct for g in stored.groups] == [100.0, 100.0] and stored.total.completeness_pct == 100.0
+
+
+def test_samples_still_missing_when_collection_gives_up_make_the_run_an_error(sessions: sessionmaker[Session]) -> None:
+    run_id, worker_id = running_run(sessions)
+    report(sessions, worker_id, workers_pb2.AssignmentStatus(
+        run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_DONE, endpoint_seconds_by_group={"callers": 200, "callees": 200}))
+    runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
+    assert runs.finish(sessions, run_id, summary_storing(run_id, callers=199, callees=150), give_up=True) == \
+        "group callees: 150 of 200 endpoint-seconds stored; group callers: 199 of 200 endpoint-seconds stored"
+    row = run_row(sessions, run_id)
+    assert (row.state, row.verdict) == ("RUN_STATE_FAILED", "VERDICT_ERROR")
+    assert row.reasons[0] == ("results incomplete: 87.2 % of the run's endpoint-seconds were stored, less than 99 % "
+                              "(group callees: 75.0 %); not judged")
+    stored = results_pb2.RunSummary.FromString(row.summary)
+    assert [round(g.completeness_pct, 1) for g in stored.groups] == [99.5, 75.0] and not stored.gates
+
+
+def test_a_part_lost_with_its_worker_counts_the_seconds_it_did_not_measure(sessions: sessionmaker[Session]) -> None:
+    """Its worker's last count is not final: the part is expected to have lasted as long as the run."""
+    run_id, worker_id = running_run(sessions)
+    report(sessions, worker_id, workers_pb2.AssignmentStatus(
+        run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_RUNNING, endpoint_seconds_by_group={"callers": 4, "callees": 4}))
+    with sessions.begin() as session:
+        session.get(Worker, worker_id).state = "WORKER_STATE_ERROR"
+    runs.advance(sessions, run_row(sessions, run_id).started_at + timedelta(seconds=10), lost_after_s=60,
+                 collect_delay_s=0)
+    # Nothing to wait for from a lost worker: collection needs no give-up.
+    assert runs.finish(sessions, run_id, summary_storing(run_id, callers=4, callees=4), give_up=False) is None
+    row = run_row(sessions, run_id)
+    stored = results_pb2.RunSummary.FromString(row.summary)
+    assert [g.completeness_pct for g in stored.groups] == [20.0, 20.0]  # 4 of 2 endpoints × 10 s
+    assert (row.state, row.verdict) == ("RUN_STATE_FAILED", "VERDICT_ERROR")
+    assert row.reasons[0].startswith("results incomplete: 20.0 %")
 
 
 def test_an_assignment_no_gateway_took_is_sent_again_then_fails(

@@ -75,6 +75,20 @@ def test_every_gate_metric_reads_a_summary_field() -> None:
     fields = {f.name for f in results_pb2.GroupSummary.DESCRIPTOR.fields}
     assert {metric for metric in GATE_METRICS if not metric.endswith("_pct")} <= fields
     measured = results_pb2.GroupSummary(endpoints=4, registered=4, calls_attempted=2, calls_connected=2, mos_avg=4,
-                                        mos_min=4, jitter_ms_p95=1, loss_pct=0, rtt_ms_p95=1, setup_ms_p95=1)
+                                        mos_min=4, jitter_ms_p95=1, loss_pct=0, rtt_ms_p95=1, setup_ms_p95=1,
+                                        completeness_pct=100)
     assert all(isinstance(read(measured), float) for read in METRICS.values())
     assert all(read(results_pb2.GroupSummary()) is None for name, read in METRICS.items() if name != "registered_pct")
+
+
+def test_incomplete_results_are_an_error_and_a_gate_can_ask_for_more() -> None:
+    result = summary(mos_avg=4.3, calls_attempted=10, calls_connected=10, completeness_pct=98.0)
+    result.groups[0].completeness_pct = 98.0
+    verdict, reasons = judge(result, [gate("mos_avg", tests_pb2.COMPARISON_GE, 4.0)], 10, 0)
+    assert verdict == runs_pb2.VERDICT_ERROR and not result.gates
+    assert reasons == ["results incomplete: 98.0 % of the run's endpoint-seconds were stored, less than 99 % "
+                       "(group callers: 98.0 %); not judged"]
+    assert judge(result, [], 10, 0, completeness_min_pct=95)[0] == runs_pb2.VERDICT_PASS
+    result.total.completeness_pct = 99.5
+    verdict, reasons = judge(result, [gate("completeness_pct", tests_pb2.COMPARISON_GE, 99.9)], 10, 0)
+    assert verdict == runs_pb2.VERDICT_FAIL and reasons == ["completeness_pct >= 99.9: observed 99.5"]

@@ -6,7 +6,9 @@ exactly as the supervisor drives it. Bounded: a few seconds of calls, every wait
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import time
 
 from callmeter.v1 import common_pb2, engine_pb2, tests_pb2
@@ -26,7 +28,7 @@ def start_command(spec: tests_pb2.TestSpec, group: str, count: int, rtp_base: in
     return command
 
 
-def test_self_call_between_two_engines_carries_rtp_and_scores_mos(engines) -> None:
+def self_call_spec(call_seconds: int) -> tests_pb2.TestSpec:
     callee_port = free_udp_port()
     spec = tests_pb2.TestSpec(name="self-call")
     callees = spec.groups.add(name="callees", count=2, role=common_pb2.ENDPOINT_ROLE_CALLEE, codecs=["PCMU"])
@@ -35,8 +37,12 @@ def test_self_call_between_two_engines_carries_rtp_and_scores_mos(engines) -> No
     callees.media.tone.frequency_hz = 440
     callers = spec.groups.add(name="callers", count=2, role=common_pb2.ENDPOINT_ROLE_CALLER, codecs=["PCMU"])
     callers.target.call_uri = "group:callees"
-    callers.scenario.call_duration.seconds = CALL_SECONDS
+    callers.scenario.call_duration.seconds = call_seconds
+    return spec
 
+
+def test_self_call_between_two_engines_carries_rtp_and_scores_mos(engines) -> None:
+    spec = self_call_spec(CALL_SECONDS)
     callee_engine, caller_engine = engines("callee-engine"), engines("caller-engine")
     for engine in (callee_engine, caller_engine):
         ready = engine.next_event(timeout=20)
@@ -88,6 +94,37 @@ def test_self_call_between_two_engines_carries_rtp_and_scores_mos(engines) -> No
         assert any(m.jb_delay_ms for m in scored)
     assert any(s.metrics.rtt_us for s in samples_of(callee_engine) + samples_of(caller_engine))
 
+
+
+def test_an_engine_starved_of_cpu_still_gives_every_endpoint_a_sample_for_every_second(engines) -> None:
+    """The caller engine is stopped (SIGSTOP: no CPU at all) for 3 s mid-call. Seen before: the
+    first sample after such a stall swallowed the missed seconds, so endpoint-seconds went missing."""
+    spec = self_call_spec(call_seconds=8)
+    callee_engine, caller_engine = engines("callee-engine"), engines("caller-engine")
+    for engine in (callee_engine, caller_engine):
+        engine.wait_for("ready", timeout=20)
+    rtp_base = random.randrange(20000, 40000, 2)
+    start_at = time.time() + 1.0
+    callee_engine.send(start_command(spec, "callees", 2, rtp_base, start_at))
+    caller_engine.send(start_command(spec, "callers", 2, rtp_base + 100, start_at))
+    deadline = time.monotonic() + 30
+    while not any(s.metrics.call_active for s in samples_of(caller_engine)):
+        assert time.monotonic() < deadline, caller_engine.log()
+        caller_engine.wait_for("sample", timeout=5)
+    os.kill(caller_engine.proc.pid, signal.SIGSTOP)
+    stalled_at = time.time()
+    time.sleep(3)
+    os.kill(caller_engine.proc.pid, signal.SIGCONT)
+    caller_engine.wait_for("done", timeout=30)
+    callee_engine.wait_for("done", timeout=15)
+    for engine in (caller_engine, callee_engine):
+        assert engine.stop() == 0, engine.log()
+        for endpoint in (0, 1):
+            seconds = [s.second for s in samples_of(engine) if s.endpoint == endpoint]
+            assert seconds == list(range(seconds[0], seconds[-1] + 1)), (endpoint, seconds)
+            assert seconds[0] < stalled_at - 1 and seconds[-1] > stalled_at + 3, "the stall lies inside the samples"
+    callers = samples_of(caller_engine)
+    assert total(callers, "calls_connected") == 2 and total(callers, "calls_failed") == 0
 
 
 def test_timed_actions_wake_the_loop_on_time_whatever_the_poll(engines) -> None:

@@ -288,12 +288,11 @@ class Engine:
         for driver in self.drivers:
             driver.tick(now)
         self.sampler.poll(now)
-        if self.sampling and wall >= self.next_second:
-            self._emit_samples(int(self.next_second) - 1)
-            self.next_second = max(self.next_second + 1, math.floor(wall) + 1)
+        if self.sampling:
+            self._emit_due(wall)
         if not self.done_sent and all(driver.finished for driver in self.drivers):
             if self.sampling:
-                self._emit_samples(math.floor(wall))  # the part of this second until the end
+                self._emit_samples(int(self.next_second) - 1)  # the part of this second until the end
                 self.sampling = False
             self.done_sent = True
             self.send(engine_pb2.EngineEvent(done=engine_pb2.EngineDone(run_id=self.run_id)))
@@ -311,6 +310,14 @@ class Engine:
         if left_ms <= 0:
             return min(BUSY_POLL_MS, self.settings.poll_ms)
         return max(1, min(self.settings.poll_ms, math.ceil(left_ms)))
+
+    def _emit_due(self, wall: float) -> None:
+        """Samples every whole second up to ``wall`` not sampled yet. A loop that ran late (a starved
+        CPU, a long callback) catches up second by second, the first sample carrying what
+        accumulated meanwhile: every endpoint has a sample for every second from its start."""
+        while wall >= self.next_second:
+            self._emit_samples(int(self.next_second) - 1)
+            self.next_second += 1
 
     def _emit_samples(self, second: int) -> None:
         assert self.sampler is not None
@@ -339,7 +346,10 @@ class Engine:
             for driver in self.drivers:
                 driver.tick(time.monotonic())
         if self.sampling and self.sampler is not None:
-            self._emit_samples(math.floor(time.time()))
+            wall = time.time()
+            self._emit_due(wall)
+            if wall >= self.next_second - 1:  # the part of this second until now (not if stopped before the start)
+                self._emit_samples(int(self.next_second) - 1)
 
     def _drop_media_objects(self) -> None:
         """Lets every Call object and media port go while the library lives.
