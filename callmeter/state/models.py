@@ -240,6 +240,9 @@ class Run(Base):
     verdict: Mapped[str] = mapped_column(sa.String(ENUM_NAME_LENGTH), default=VERDICT_UNSPECIFIED)
     reasons: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
     created_at: Mapped[datetime] = _created_at_column()
+    # Every part delivered to its worker (the start's first phase began), and the common start
+    # of its endpoints (the second phase).
+    dispatched_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
     deadline_at: Mapped[datetime | None]
@@ -272,3 +275,7 @@ class RunPlacement(Base):
     # part was cancelled before it was sent): collection waits until that many are stored.
     endpoint_seconds: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     samples_final: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    # Endpoints of the group that have registered, as the worker counts them (kept like
+    # endpoint_seconds), and whether the worker has been told when this part begins.
+    registered: Mapped[int] = mapped_column(default=0, server_default="0")
+    begun: Mapped[bool] = mapped_column(default=False, server_default=sa.false())

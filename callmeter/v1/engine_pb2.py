@@ -28,7 +28,7 @@ from callmeter.v1 import tests_pb2 as callmeter_dot_v1_dot_tests__pb2
 from callmeter.v1 import workers_pb2 as callmeter_dot_v1_dot_workers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61llmeter/v1/engine.proto\x12\x0c\x63\x61llmeter.v1\x1a\x1a\x63\x61llmeter/v1/results.proto\x1a\x18\x63\x61llmeter/v1/tests.proto\x1a\x1a\x63\x61llmeter/v1/workers.proto\"p\n\rEngineCommand\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.callmeter.v1.EngineStartH\x00\x12(\n\x04stop\x18\x02 \x01(\x0b\x32\x18.callmeter.v1.EngineStopH\x00\x42\t\n\x07\x63ommand\"\xbd\x02\n\x0b\x45ngineStart\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.callmeter.v1.TestSpec\x12+\n\x06slices\x18\x03 \x03(\x0b\x32\x1b.callmeter.v1.EndpointSlice\x12\x14\n\x0crtp_port_min\x18\x04 \x01(\x05\x12\x14\n\x0crtp_port_max\x18\x05 \x01(\x05\x12?\n\x0b\x63redentials\x18\x06 \x03(\x0b\x32*.callmeter.v1.EngineStart.CredentialsEntry\x12\x10\n\x08start_at\x18\x07 \x01(\x01\x1aL\n\x10\x43redentialsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.callmeter.v1.Credential:\x02\x38\x01\"?\n\nCredential\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\r\n\x05realm\x18\x03 \x01(\t\"\x1c\n\nEngineStop\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xd3\x01\n\x0b\x45ngineEvent\x12*\n\x05ready\x18\x01 \x01(\x0b\x32\x19.callmeter.v1.EngineReadyH\x00\x12.\n\x06sample\x18\x02 \x01(\x0b\x32\x1c.callmeter.v1.EndpointSampleH\x00\x12\x35\n\x0e\x65ndpoint_error\x18\x03 \x01(\x0b\x32\x1b.callmeter.v1.EndpointErrorH\x00\x12(\n\x04\x64one\x18\x04 \x01(\x0b\x32\x18.callmeter.v1.EngineDoneH\x00\x42\x07\n\x05\x65vent\"S\n\x0b\x45ngineReady\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0e\n\x06\x63odecs\x18\x02 \x03(\t\x12\x11\n\tmax_calls\x18\x03 \x01(\x05\x12\x14\n\x0cmax_accounts\x18\x04 \x01(\x05\"\x1c\n\nEngineDone\x12\x0e\n\x06run_id\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61llmeter/v1/engine.proto\x12\x0c\x63\x61llmeter.v1\x1a\x1a\x63\x61llmeter/v1/results.proto\x1a\x18\x63\x61llmeter/v1/tests.proto\x1a\x1a\x63\x61llmeter/v1/workers.proto\"\x9c\x01\n\rEngineCommand\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.callmeter.v1.EngineStartH\x00\x12(\n\x04stop\x18\x02 \x01(\x0b\x32\x18.callmeter.v1.EngineStopH\x00\x12*\n\x05\x62\x65gin\x18\x03 \x01(\x0b\x32\x19.callmeter.v1.EngineBeginH\x00\x42\t\n\x07\x63ommand\"\xbd\x02\n\x0b\x45ngineStart\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.callmeter.v1.TestSpec\x12+\n\x06slices\x18\x03 \x03(\x0b\x32\x1b.callmeter.v1.EndpointSlice\x12\x14\n\x0crtp_port_min\x18\x04 \x01(\x05\x12\x14\n\x0crtp_port_max\x18\x05 \x01(\x05\x12?\n\x0b\x63redentials\x18\x06 \x03(\x0b\x32*.callmeter.v1.EngineStart.CredentialsEntry\x12\x10\n\x08start_at\x18\x07 \x01(\x01\x1aL\n\x10\x43redentialsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.callmeter.v1.Credential:\x02\x38\x01\"/\n\x0b\x45ngineBegin\x12\x10\n\x08start_at\x18\x01 \x01(\x01\x12\x0e\n\x06groups\x18\x02 \x03(\t\"?\n\nCredential\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\r\n\x05realm\x18\x03 \x01(\t\"\x1c\n\nEngineStop\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x85\x02\n\x0b\x45ngineEvent\x12*\n\x05ready\x18\x01 \x01(\x0b\x32\x19.callmeter.v1.EngineReadyH\x00\x12.\n\x06sample\x18\x02 \x01(\x0b\x32\x1c.callmeter.v1.EndpointSampleH\x00\x12\x35\n\x0e\x65ndpoint_error\x18\x03 \x01(\x0b\x32\x1b.callmeter.v1.EndpointErrorH\x00\x12(\n\x04\x64one\x18\x04 \x01(\x0b\x32\x18.callmeter.v1.EngineDoneH\x00\x12\x30\n\x08prepared\x18\x05 \x01(\x0b\x32\x1c.callmeter.v1.EnginePreparedH\x00\x42\x07\n\x05\x65vent\" \n\x0e\x45nginePrepared\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"S\n\x0b\x45ngineReady\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0e\n\x06\x63odecs\x18\x02 \x03(\t\x12\x11\n\tmax_calls\x18\x03 \x01(\x05\x12\x14\n\x0cmax_accounts\x18\x04 \x01(\x05\"\x1c\n\nEngineDone\x12\x0e\n\x06run_id\x18\x01 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,20 +37,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENGINESTART_CREDENTIALSENTRY']._loaded_options = None
   _globals['_ENGINESTART_CREDENTIALSENTRY']._serialized_options = b'8\001'
-  _globals['_ENGINECOMMAND']._serialized_start=125
-  _globals['_ENGINECOMMAND']._serialized_end=237
-  _globals['_ENGINESTART']._serialized_start=240
-  _globals['_ENGINESTART']._serialized_end=557
-  _globals['_ENGINESTART_CREDENTIALSENTRY']._serialized_start=481
-  _globals['_ENGINESTART_CREDENTIALSENTRY']._serialized_end=557
-  _globals['_CREDENTIAL']._serialized_start=559
-  _globals['_CREDENTIAL']._serialized_end=622
-  _globals['_ENGINESTOP']._serialized_start=624
-  _globals['_ENGINESTOP']._serialized_end=652
-  _globals['_ENGINEEVENT']._serialized_start=655
-  _globals['_ENGINEEVENT']._serialized_end=866
-  _globals['_ENGINEREADY']._serialized_start=868
-  _globals['_ENGINEREADY']._serialized_end=951
-  _globals['_ENGINEDONE']._serialized_start=953
-  _globals['_ENGINEDONE']._serialized_end=981
+  _globals['_ENGINECOMMAND']._serialized_start=126
+  _globals['_ENGINECOMMAND']._serialized_end=282
+  _globals['_ENGINESTART']._serialized_start=285
+  _globals['_ENGINESTART']._serialized_end=602
+  _globals['_ENGINESTART_CREDENTIALSENTRY']._serialized_start=526
+  _globals['_ENGINESTART_CREDENTIALSENTRY']._serialized_end=602
+  _globals['_ENGINEBEGIN']._serialized_start=604
+  _globals['_ENGINEBEGIN']._serialized_end=651
+  _globals['_CREDENTIAL']._serialized_start=653
+  _globals['_CREDENTIAL']._serialized_end=716
+  _globals['_ENGINESTOP']._serialized_start=718
+  _globals['_ENGINESTOP']._serialized_end=746
+  _globals['_ENGINEEVENT']._serialized_start=749
+  _globals['_ENGINEEVENT']._serialized_end=1010
+  _globals['_ENGINEPREPARED']._serialized_start=1012
+  _globals['_ENGINEPREPARED']._serialized_end=1044
+  _globals['_ENGINEREADY']._serialized_start=1046
+  _globals['_ENGINEREADY']._serialized_end=1129
+  _globals['_ENGINEDONE']._serialized_start=1131
+  _globals['_ENGINEDONE']._serialized_end=1159
 # @@protoc_insertion_point(module_scope)

@@ -11,12 +11,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EngineCommand(_message.Message):
-    __slots__ = ("start", "stop")
+    __slots__ = ("start", "stop", "begin")
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    BEGIN_FIELD_NUMBER: _ClassVar[int]
     start: EngineStart
     stop: EngineStop
-    def __init__(self, start: _Optional[_Union[EngineStart, _Mapping]] = ..., stop: _Optional[_Union[EngineStop, _Mapping]] = ...) -> None: ...
+    begin: EngineBegin
+    def __init__(self, start: _Optional[_Union[EngineStart, _Mapping]] = ..., stop: _Optional[_Union[EngineStop, _Mapping]] = ..., begin: _Optional[_Union[EngineBegin, _Mapping]] = ...) -> None: ...
 
 class EngineStart(_message.Message):
     __slots__ = ("run_id", "spec", "slices", "rtp_port_min", "rtp_port_max", "credentials", "start_at")
@@ -43,6 +45,14 @@ class EngineStart(_message.Message):
     start_at: float
     def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[_tests_pb2.TestSpec, _Mapping]] = ..., slices: _Optional[_Iterable[_Union[_workers_pb2.EndpointSlice, _Mapping]]] = ..., rtp_port_min: _Optional[int] = ..., rtp_port_max: _Optional[int] = ..., credentials: _Optional[_Mapping[str, Credential]] = ..., start_at: _Optional[float] = ...) -> None: ...
 
+class EngineBegin(_message.Message):
+    __slots__ = ("start_at", "groups")
+    START_AT_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    start_at: float
+    groups: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, start_at: _Optional[float] = ..., groups: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Credential(_message.Message):
     __slots__ = ("username", "password", "realm")
     USERNAME_FIELD_NUMBER: _ClassVar[int]
@@ -60,16 +70,24 @@ class EngineStop(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class EngineEvent(_message.Message):
-    __slots__ = ("ready", "sample", "endpoint_error", "done")
+    __slots__ = ("ready", "sample", "endpoint_error", "done", "prepared")
     READY_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_ERROR_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_FIELD_NUMBER: _ClassVar[int]
     ready: EngineReady
     sample: _results_pb2.EndpointSample
     endpoint_error: _workers_pb2.EndpointError
     done: EngineDone
-    def __init__(self, ready: _Optional[_Union[EngineReady, _Mapping]] = ..., sample: _Optional[_Union[_results_pb2.EndpointSample, _Mapping]] = ..., endpoint_error: _Optional[_Union[_workers_pb2.EndpointError, _Mapping]] = ..., done: _Optional[_Union[EngineDone, _Mapping]] = ...) -> None: ...
+    prepared: EnginePrepared
+    def __init__(self, ready: _Optional[_Union[EngineReady, _Mapping]] = ..., sample: _Optional[_Union[_results_pb2.EndpointSample, _Mapping]] = ..., endpoint_error: _Optional[_Union[_workers_pb2.EndpointError, _Mapping]] = ..., done: _Optional[_Union[EngineDone, _Mapping]] = ..., prepared: _Optional[_Union[EnginePrepared, _Mapping]] = ...) -> None: ...
+
+class EnginePrepared(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class EngineReady(_message.Message):
     __slots__ = ("pid", "codecs", "max_calls", "max_accounts")

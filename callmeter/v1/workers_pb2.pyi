@@ -31,6 +31,7 @@ class AssignmentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ASSIGNMENT_STATE_DONE: _ClassVar[AssignmentState]
     ASSIGNMENT_STATE_FAILED: _ClassVar[AssignmentState]
     ASSIGNMENT_STATE_CANCELLED: _ClassVar[AssignmentState]
+    ASSIGNMENT_STATE_PREPARED: _ClassVar[AssignmentState]
 WORKER_STATE_UNSPECIFIED: WorkerState
 WORKER_STATE_OFFLINE: WorkerState
 WORKER_STATE_ONLINE: WorkerState
@@ -43,6 +44,7 @@ ASSIGNMENT_STATE_RUNNING: AssignmentState
 ASSIGNMENT_STATE_DONE: AssignmentState
 ASSIGNMENT_STATE_FAILED: AssignmentState
 ASSIGNMENT_STATE_CANCELLED: AssignmentState
+ASSIGNMENT_STATE_PREPARED: AssignmentState
 
 class WorkerCapacity(_message.Message):
     __slots__ = ("max_endpoints", "codecs", "transports", "srtp_keyings", "engine_max_calls", "engine_max_accounts", "max_engines")
@@ -129,7 +131,7 @@ class Heartbeat(_message.Message):
     def __init__(self, sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., running_endpoints: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., dropped_samples: _Optional[int] = ...) -> None: ...
 
 class AssignmentStatus(_message.Message):
-    __slots__ = ("run_id", "state", "endpoints_running", "endpoints_failed", "errors", "endpoints_failed_by_group", "endpoint_seconds_by_group")
+    __slots__ = ("run_id", "state", "endpoints_running", "endpoints_failed", "errors", "endpoints_failed_by_group", "endpoint_seconds_by_group", "registered_by_group")
     class EndpointsFailedByGroupEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +146,13 @@ class AssignmentStatus(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class RegisteredByGroupEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +160,7 @@ class AssignmentStatus(_message.Message):
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FAILED_BY_GROUP_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_SECONDS_BY_GROUP_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_BY_GROUP_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     state: AssignmentState
     endpoints_running: int
@@ -158,7 +168,8 @@ class AssignmentStatus(_message.Message):
     errors: _containers.RepeatedCompositeFieldContainer[EndpointError]
     endpoints_failed_by_group: _containers.ScalarMap[str, int]
     endpoint_seconds_by_group: _containers.ScalarMap[str, int]
-    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[AssignmentState, str]] = ..., endpoints_running: _Optional[int] = ..., endpoints_failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[EndpointError, _Mapping]]] = ..., endpoints_failed_by_group: _Optional[_Mapping[str, int]] = ..., endpoint_seconds_by_group: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    registered_by_group: _containers.ScalarMap[str, int]
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[AssignmentState, str]] = ..., endpoints_running: _Optional[int] = ..., endpoints_failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[EndpointError, _Mapping]]] = ..., endpoints_failed_by_group: _Optional[_Mapping[str, int]] = ..., endpoint_seconds_by_group: _Optional[_Mapping[str, int]] = ..., registered_by_group: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class EndpointError(_message.Message):
     __slots__ = ("group", "endpoint", "sip_code", "reason")
@@ -179,7 +190,7 @@ class Goodbye(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class GatewayMessage(_message.Message):
-    __slots__ = ("welcome", "heartbeat_ack", "assignment", "cancel", "drain", "batch_ack", "disconnect")
+    __slots__ = ("welcome", "heartbeat_ack", "assignment", "cancel", "drain", "batch_ack", "disconnect", "start")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_ACK_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +198,7 @@ class GatewayMessage(_message.Message):
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     BATCH_ACK_FIELD_NUMBER: _ClassVar[int]
     DISCONNECT_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     heartbeat_ack: HeartbeatAck
     assignment: Assignment
@@ -194,7 +206,8 @@ class GatewayMessage(_message.Message):
     drain: Drain
     batch_ack: BatchAck
     disconnect: Disconnect
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelAssignment, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., batch_ack: _Optional[_Union[BatchAck, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ...) -> None: ...
+    start: StartAssignment
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelAssignment, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., batch_ack: _Optional[_Union[BatchAck, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ..., start: _Optional[_Union[StartAssignment, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("worker_id", "gateway_id", "heartbeat_interval_s", "max_batch_bytes")
@@ -225,6 +238,16 @@ class Assignment(_message.Message):
     slices: _containers.RepeatedCompositeFieldContainer[EndpointSlice]
     start_at: _timestamp_pb2.Timestamp
     def __init__(self, run_id: _Optional[str] = ..., spec: _Optional[_Union[_tests_pb2.TestSpec, _Mapping]] = ..., slices: _Optional[_Iterable[_Union[EndpointSlice, _Mapping]]] = ..., start_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class StartAssignment(_message.Message):
+    __slots__ = ("run_id", "start_at", "groups")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    START_AT_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    start_at: _timestamp_pb2.Timestamp
+    groups: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., start_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., groups: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EndpointSlice(_message.Message):
     __slots__ = ("group", "first_index", "count")

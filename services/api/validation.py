@@ -15,6 +15,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from callmeter.common.codecs import codec_matches, codec_names
+from callmeter.common.start_waves import GROUP_PREFIX
 from callmeter.common.verdict import GATE_METRICS
 from callmeter.v1 import common_pb2, tests_pb2, workers_pb2
 
@@ -25,7 +26,6 @@ MAX_TIMEOUT_S = 24 * 3600
 MAX_NAME_LENGTH = 255  # the column width of names in the state store
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
-GROUP_PREFIX = "group:"
 
 # What this product's engine (the pjsua2-python 2.15.1 wheel) has, used for any capability that no
 # registered worker reports: the codec ids its Endpoint.codecEnum2() lists, as workers report them.

@@ -1,4 +1,5 @@
-"""Drives runs forward on a tick: dispatch pending assignments, send cancels, collect summaries.
+"""Drives runs forward on a tick: dispatch pending assignments, start prepared runs, send cancels,
+collect summaries.
 
 Everything it decides is read from and written to the state store (services/orchestrator/runs.py),
 so a restarted orchestrator picks up every run where the last one left it.
@@ -68,6 +69,10 @@ class Conductor:
                 continue  # sent again next tick
             self.undelivered_since.pop(key, None)
             await asyncio.to_thread(runs.mark_delivery, self.sessions, dispatch, delivered)
+        s = self.settings
+        for start in await asyncio.to_thread(runs.due_starts, self.sessions, utcnow(), s.start_lead_s,
+                                             s.prepare_wait_s, s.registration_wait_s):
+            await self.send_start(start)
         cancels, collects = await asyncio.to_thread(
             runs.advance, self.sessions, utcnow(), self.settings.stale_after_s, self.settings.collect_delay_s)
         for cancel in cancels:
@@ -81,6 +86,16 @@ class Conductor:
             await publish_run_started(self.nats.jetstream(), run)
         except (NatsError, asyncio.TimeoutError) as exc:
             log.warning("run_notice_failed", run_id=run.id, error=str(exc) or type(exc).__name__)
+
+    async def send_start(self, start: runs.Start) -> None:
+        """Tells a worker when its groups begin; undelivered, it is sent again next tick."""
+        message = workers_pb2.GatewayMessage(start=workers_pb2.StartAssignment(run_id=start.run_id, groups=start.groups))
+        message.start.start_at.FromDatetime(start.start_at)
+        delivered = await send_to_worker(self.nats, start.worker_id, message)
+        log.info("start_sent", run_id=start.run_id, worker_id=start.worker_id, groups=start.groups,
+                 delivered=delivered)
+        if delivered:
+            await asyncio.to_thread(runs.mark_begun, self.sessions, start)
 
     async def send_cancel(self, cancel: runs.Dispatch, reason: str) -> None:
         message = workers_pb2.GatewayMessage(cancel=workers_pb2.CancelAssignment(run_id=cancel.run_id, reason=reason))

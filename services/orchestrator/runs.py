@@ -2,7 +2,8 @@
 every run from what is stored: nothing about a run lives only in memory.
 
 QUEUED ─submit→ DISPATCHING ─every placement sent→ RUNNING ─all placements ended→
-COLLECTING ─summary read→ FINISHED. No capacity → FAILED; a user's cancel → CANCELLED; the
+COLLECTING ─summary read→ FINISHED. While RUNNING, the start's second phase: once every worker has
+prepared its part, each group is told when to begin (callmeter/common/start_waves.py). No capacity → FAILED; a user's cancel → CANCELLED; the
 deadline → TIMED_OUT. Cancelled and timed-out runs keep their summary but are not judged (ERROR).
 Placements are pending (ASSIGNMENT_STATE_UNSPECIFIED) until their assignment is delivered.
 """
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from callmeter.common.errors import CallmeterError, ErrorCode
 from callmeter.common.run_states import RUN_ENDED
+from callmeter.common.start_waves import awaited_groups, has_registered, wait_reason
 from callmeter.common.verdict import COMPLETENESS_MIN_PCT, judge
 from callmeter.state.convert import run_to_proto
 from callmeter.state.models import Run, RunPlacement, TestVersion, Worker, utcnow
@@ -32,8 +34,6 @@ TERMINAL = {ASSIGNMENT(s) for s in (workers_pb2.ASSIGNMENT_STATE_DONE, workers_p
 EXECUTING = [RUN(runs_pb2.RUN_STATE_DISPATCHING), RUN(runs_pb2.RUN_STATE_RUNNING)]
 ENDED = {RUN(s) for s in RUN_ENDED}
 MAX_ERRORS_KEPT = 100
-# Workers start an assignment this long after it is sent, so that all of a run's workers begin together.
-START_DELAY = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,14 @@ class Dispatch:
     run_id: str
     worker_id: str
     assignment: workers_pb2.Assignment
+
+
+@dataclass(frozen=True)
+class Start:
+    run_id: str
+    worker_id: str
+    groups: list[str]
+    start_at: datetime
 
 
 @dataclass(frozen=True)
@@ -119,8 +127,7 @@ def pending_dispatches(sessions: sessionmaker[Session]) -> list[Dispatch]:
             for worker_id, placements in by_worker.items():
                 assignment = workers_pb2.Assignment(run_id=run.id, spec=spec, slices=[
                     workers_pb2.EndpointSlice(group=p.group_name, first_index=p.first_index, count=p.count)
-                    for p in placements])
-                assignment.start_at.FromDatetime(utcnow() + START_DELAY)
+                    for p in placements])  # no start time: the worker prepares, then waits for StartAssignment
                 dispatches.append(Dispatch(run.id, worker_id, assignment))
         return dispatches
 
@@ -136,11 +143,75 @@ def mark_delivery(sessions: sessionmaker[Session], dispatch: Dispatch, delivered
         run = session.get(Run, dispatch.run_id)
         if run is not None and run.state == RUN(runs_pb2.RUN_STATE_DISPATCHING) and \
                 all(p.state != PENDING for p in _placements(session, run.id)):
-            run.state, run.started_at = RUN(runs_pb2.RUN_STATE_RUNNING), utcnow()
+            run.state, run.dispatched_at = RUN(runs_pb2.RUN_STATE_RUNNING), utcnow()
+
+
+def due_starts(sessions: sessionmaker[Session], now: datetime, lead_s: float, prepare_wait_s: float,
+               registration_wait_s: float) -> list[Start]:
+    """The start's second phase: which workers are to begin which groups, and when.
+
+    A run's common start is set ``lead_s`` ahead once every part is prepared (or ``prepare_wait_s``
+    after they were delivered: the late ones begin when they can, catching up). Callers of a
+    registering group begin once it has registered, or ``registration_wait_s`` after the common
+    start. A start is due until mark_begun records its delivery."""
+    starts: list[Start] = []
+    lead = timedelta(seconds=lead_s)
+    with sessions.begin() as session:
+        for run in session.scalars(sa.select(Run).where(Run.state == RUN(runs_pb2.RUN_STATE_RUNNING))):
+            placements = _placements(session, run.id)
+            waiting = [p for p in placements if not p.begun and p.state not in TERMINAL]
+            if not waiting:
+                continue
+            if run.started_at is None:
+                unprepared = {p.worker_id for p in placements if p.state == ASSIGNMENT(workers_pb2.ASSIGNMENT_STATE_ACCEPTED)}
+                if unprepared and now - (run.dispatched_at or run.created_at) < timedelta(seconds=prepare_wait_s):
+                    continue
+                if unprepared:
+                    run.reasons = [*run.reasons, f"{len(unprepared)} of the run's workers had not prepared their part "
+                                                 f"{prepare_wait_s:g} s after it was sent: their endpoints began late"]
+                run.started_at = now + lead
+            awaited = awaited_groups(_spec(session, run))
+            due: dict[tuple[str, datetime], set[str]] = {}
+            for placement in waiting:
+                start_at = run.started_at
+                called = awaited.get(placement.group_name)
+                if called is not None:
+                    ready, reason = _called_group_ready(placements, called, now - run.started_at, registration_wait_s)
+                    if not ready:
+                        continue
+                    said = f"group {placement.group_name} began after waiting"  # once, though resent
+                    if reason and not any(r.startswith(said) for r in run.reasons):
+                        run.reasons = [*run.reasons, wait_reason(placement.group_name, called, *reason)]
+                    start_at = max(run.started_at, now + lead)
+                due.setdefault((placement.worker_id, start_at), set()).add(placement.group_name)
+            starts.extend(Start(run.id, worker_id, sorted(groups), start_at)
+                          for (worker_id, start_at), groups in sorted(due.items()))
+    return starts
+
+
+def _called_group_ready(placements: list[RunPlacement], called: str, since_start: timedelta,
+                        wait_s: float) -> tuple[bool, tuple[int, int, float] | None]:
+    """Whether callers may begin: the group they call has registered, or the wait is over — then
+    with (its endpoints, those registered, the wait) for the reason."""
+    mine = [p for p in placements if p.group_name == called]
+    endpoints, registered = sum(p.count for p in mine), sum(p.registered for p in mine)
+    if has_registered(endpoints, registered, sum(p.endpoints_failed for p in mine)):
+        return True, None
+    if since_start < timedelta(seconds=wait_s):
+        return False, None
+    return True, (endpoints, registered, wait_s)
+
+
+def mark_begun(sessions: sessionmaker[Session], start: Start) -> None:
+    with sessions.begin() as session:
+        for placement in _placements(session, start.run_id):
+            if placement.worker_id == start.worker_id and placement.group_name in start.groups:
+                placement.begun = True
 
 
 #: Assignment states of a part the worker is still executing.
-WORKER_EXECUTING = (workers_pb2.ASSIGNMENT_STATE_ACCEPTED, workers_pb2.ASSIGNMENT_STATE_RUNNING)
+WORKER_EXECUTING = (workers_pb2.ASSIGNMENT_STATE_ACCEPTED, workers_pb2.ASSIGNMENT_STATE_PREPARED,
+                    workers_pb2.ASSIGNMENT_STATE_RUNNING)
 
 
 def record_status(session: Session, worker_id: str, status: workers_pb2.AssignmentStatus) -> bool:
@@ -165,11 +236,13 @@ def record_status(session: Session, worker_id: str, status: workers_pb2.Assignme
         if owner is not None and owner.state not in TERMINAL and text not in errors[id(owner)]:
             errors[id(owner)].append(text)
     ended = ASSIGNMENT(status.state) in TERMINAL
-    seconds_left = dict(status.endpoint_seconds_by_group)
+    seconds_left, registered_left = dict(status.endpoint_seconds_by_group), dict(status.registered_by_group)
     for placement in placements:
         # Kept even for a part the platform ended (cancelled, timed out): collection waits for it.
         if placement.group_name in seconds_left:
             placement.endpoint_seconds = seconds_left.pop(placement.group_name)
+        if placement.group_name in registered_left:
+            placement.registered = registered_left.pop(placement.group_name)
         placement.samples_final = placement.samples_final or ended
         if placement.state in TERMINAL:
             continue
@@ -302,7 +375,8 @@ def _set_completeness(summary: results_pb2.RunSummary, placements: list[RunPlace
     (worker lost or restarted, part never delivered) its worker's count is not final: expected is
     then its endpoints × the seconds per endpoint its group's other parts measured, or the seconds
     the run lasted (whichever its worker's last count does not exceed)."""
-    lasted = (run.ended_at - (run.started_at or run.created_at)).total_seconds() if run.ended_at else 0.0
+    began = run.started_at or run.dispatched_at or run.created_at
+    lasted = max(0.0, (run.ended_at - began).total_seconds()) if run.ended_at else 0.0
     final_seconds: Counter[str] = Counter()
     final_endpoints: Counter[str] = Counter()
     for placement in placements:

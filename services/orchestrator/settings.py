@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from callmeter.common.settings import CommonSettings
+from callmeter.common.start_waves import REGISTRATION_WAIT_S
 from callmeter.common.verdict import COMPLETENESS_MIN_PCT
 from callmeter.common.stores.database import normalize_database_url
 from callmeter.common.stores.nats import NatsUrl
@@ -25,6 +26,13 @@ class OrchestratorSettings(CommonSettings):
     metrics_address: str = "127.0.0.1:50054"
     #: How often runs are driven forward (dispatch, timeouts, lost workers, collection).
     tick_interval_s: float = Field(default=0.5, gt=0, le=60)
+    #: A run's endpoints begin this long after every worker has prepared its part (the start
+    #: message's way to every worker).
+    start_lead_s: float = Field(default=1.0, ge=0, le=60)
+    #: Begin without the workers that have not prepared their part this long after it was sent.
+    prepare_wait_s: float = Field(default=60.0, gt=0, le=3600)
+    #: Callers of a registering group begin at most this long after the common start, registered or not.
+    registration_wait_s: float = Field(default=REGISTRATION_WAIT_S, ge=0, le=3600)
     #: Wait this long after a run's execution ends before reading its summary (ingest lag).
     collect_delay_s: float = Field(default=1.0, ge=0, le=600)
     #: Then read it again on every tick until every sample the workers sent is stored, for at most

@@ -61,21 +61,29 @@ from callmeter.common.exit_codes import ExitCode
 from callmeter.common.logging import configure_logging
 from callmeter.common.service import install_signal_handlers, print_config_error
 from callmeter.common.settings import load_settings
+from callmeter.common.start_waves import (
+    GROUP_PREFIX,
+    REGISTRATION_WAIT_S,
+    awaited_groups,
+    has_registered,
+    wait_reason,
+)
 from callmeter.common.testspec import SpecError, load_spec_file, violation
 from callmeter.common.verdict import judge, measured
 from callmeter.v1 import common_pb2, results_pb2, runs_pb2, tests_pb2, workers_pb2
 from services.worker.engines import probe_engine
+from services.worker.execution import RunExecution
 from services.worker.settings import WorkerSettings
 from services.worker.supervisor import Supervisor, capacity_from
 
 log = structlog.get_logger(__name__)
 
-# Phones start this long after the assignment, so that every engine is up when they do (the
-# orchestrator gives workers the same lead).
+# Phones begin this long after every engine is prepared (the orchestrator gives workers the same
+# lead); how often the execution's state is looked at meanwhile.
 START_LEAD_S = 1.0
+PREPARED_POLL_S = 0.05
 # How often gathered samples are printed.
 PRINT_INTERVAL_S = 0.25
-GROUP_PREFIX = "group:"
 
 
 def main(spec_path: Path, duration_s: float | None = None, summary_only: bool = False,
@@ -397,6 +405,36 @@ def _time_limit(spec: tests_pb2.TestSpec, duration_s: float | None) -> float | N
     return min(limits) if limits else None
 
 
+async def conduct_start(execution: RunExecution, spec: tests_pb2.TestSpec, begun: asyncio.Future[float]) -> None:
+    """The orchestrator's part of the two-phase start (callmeter/common/start_waves.py) for the one
+    local execution: once its engines are prepared, every group begins START_LEAD_S later, but
+    callers of a registering group only once it has registered (or the wait is over)."""
+    while execution.state == workers_pb2.ASSIGNMENT_STATE_ACCEPTED:
+        await asyncio.sleep(PREPARED_POLL_S)
+    if execution.state != workers_pb2.ASSIGNMENT_STATE_PREPARED:
+        return  # every engine failed: nothing to begin
+    start_at = time.time() + START_LEAD_S
+    awaited = awaited_groups(spec)
+    first = {group.name for group in spec.groups} - set(awaited)
+    if first:
+        await execution.begin(first, start_at)
+    begun.set_result(start_at)
+    sizes = {group.name: group.count for group in spec.groups}
+    waiting = dict(awaited)
+    while waiting:
+        status = execution.status()
+        for caller, called in list(waiting.items()):
+            registered = status.registered_by_group.get(called, 0)
+            ready = has_registered(sizes[called], registered, status.endpoints_failed_by_group.get(called, 0))
+            if ready or time.time() >= start_at + REGISTRATION_WAIT_S:
+                if not ready:
+                    log.warning("registration_wait_over", reason=wait_reason(caller, called, sizes[called], registered,
+                                                                             REGISTRATION_WAIT_S))
+                await execution.begin({caller}, max(start_at, time.time()))
+                del waiting[caller]
+        await asyncio.sleep(PREPARED_POLL_S)
+
+
 async def run_local(settings: WorkerSettings, spec: tests_pb2.TestSpec, lines: JsonLines,
                     duration_s: float | None = None) -> int:
     """Probes the engine, checks the spec, runs it through a Supervisor, prints the summary."""
@@ -417,13 +455,13 @@ async def run_local(settings: WorkerSettings, spec: tests_pb2.TestSpec, lines: J
     run_id = uuid.uuid4().hex
     assignment = workers_pb2.Assignment(run_id=run_id, spec=spec, slices=[
         workers_pb2.EndpointSlice(group=group.name, first_index=0, count=group.count) for group in spec.groups])
-    start_at = time.time() + START_LEAD_S
-    assignment.start_at.FromNanoseconds(int(start_at * 1e9))
     supervisor.handle(workers_pb2.GatewayMessage(assignment=assignment))
     task = supervisor.tasks.get(run_id)
     if task is None:
         raise CallmeterError(ErrorCode.FAILED_PRECONDITION, output.refusal())
     log.info("local_run_started", run_id=run_id, spec=spec.name, endpoints=sum(g.count for g in spec.groups))
+    begun = asyncio.get_running_loop().create_future()
+    starter = asyncio.create_task(conduct_start(supervisor.executions[run_id], spec, begun))
 
     async def flush_periodically() -> None:
         while True:
@@ -433,7 +471,12 @@ async def run_local(settings: WorkerSettings, spec: tests_pb2.TestSpec, lines: J
     flusher = asyncio.create_task(flush_periodically())
     stopped = asyncio.create_task(stop.wait())
     limit = _time_limit(spec, duration_s)
-    timer: asyncio.Future[None] = (asyncio.create_task(asyncio.sleep(start_at - time.time() + limit)) if limit
+
+    async def time_limit() -> None:
+        start_at = await begun
+        await asyncio.sleep(start_at - time.time() + limit)
+
+    timer: asyncio.Future[None] = (asyncio.create_task(time_limit()) if limit
                                    else asyncio.get_running_loop().create_future())  # no limit: never done
     not_judged = ""  # why the run is not judged, as the platform withholds the verdict of a cancel or timeout
     try:
@@ -446,7 +489,7 @@ async def run_local(settings: WorkerSettings, spec: tests_pb2.TestSpec, lines: J
             log.info("local_run_stopping", reason=reason)
             await supervisor.stop(reason)
     finally:
-        for helper in (flusher, stopped, timer):
+        for helper in (starter, flusher, stopped, timer):
             helper.cancel()
         supervisor.flush()
     status = supervisor.finished.get(run_id) or output.status or workers_pb2.AssignmentStatus()

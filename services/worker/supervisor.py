@@ -70,6 +70,12 @@ class Supervisor:
                 reason = message.cancel.reason or "cancelled"
                 log.info("assignment_cancelled", run_id=execution.run_id, reason=reason)
                 asyncio.create_task(execution.cancel(reason))
+        elif kind == "start":
+            execution = self.executions.get(message.start.run_id)
+            if execution is not None and not execution.cancelled:
+                groups = set(message.start.groups)
+                log.info("assignment_begins", run_id=execution.run_id, groups=sorted(groups) or "all")
+                asyncio.create_task(execution.begin(groups, message.start.start_at.ToNanoseconds() / 1e9))
         elif kind == "batch_ack":
             self.uplink.ack(message.batch_ack.run_id, message.batch_ack.sequence)
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import nats
@@ -48,14 +48,14 @@ def admit(sessions: sessionmaker[Session], name: str, max_endpoints: int, secret
     return workers.admit_worker(sessions, orchestrator_pb2.AdmitWorkerRequest(hello=hello, gateway_id="g1")).id
 
 
-def new_run(sessions: sessionmaker[Session], timeout_s: float = 600) -> str:
+def new_run(sessions: sessionmaker[Session], timeout_s: float = 600, spec: tests_pb2.TestSpec = SPEC) -> str:
     engine = sessions.kw["bind"]
     boot = bootstrap_local(engine, existing_worker_token=None)
     with sessions.begin() as session:
         test = Test(project_id=boot.project_id, name=f"t{utcnow().timestamp()}", current_version=1)
         session.add(test)
         session.flush()
-        session.add(TestVersion(test_id=test.id, version=1, spec=SPEC.SerializeToString()))
+        session.add(TestVersion(test_id=test.id, version=1, spec=spec.SerializeToString()))
         session.flush()  # no relationship orders these inserts: the version must exist before the run
         run = Run(test_id=test.id, test_version=1, project_id=boot.project_id, deadline_at=utcnow() + timedelta(seconds=timeout_s))
         session.add(run)
@@ -239,6 +239,97 @@ def test_a_worker_that_restarted_fails_at_once_the_parts_it_no_longer_runs(sessi
     assert run_row(sessions, run_id).state == "RUN_STATE_COLLECTING"
 
 
+def starts(sessions: sessionmaker[Session], now: datetime) -> list[runs.Start]:
+    return runs.due_starts(sessions, now, lead_s=1, prepare_wait_s=60, registration_wait_s=30)
+
+
+def prepared(run_id: str) -> workers_pb2.AssignmentStatus:
+    return workers_pb2.AssignmentStatus(run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_PREPARED)
+
+
+def test_a_run_begins_at_one_time_once_every_worker_has_prepared_its_part(sessions: sessionmaker[Session]) -> None:
+    first, second = admit(sessions, "w1", max_endpoints=2), admit(sessions, "w2", max_endpoints=2)
+    run_id = new_run(sessions)
+    runs.submit(sessions, run_id)
+    for dispatch in runs.pending_dispatches(sessions):
+        assert not dispatch.assignment.HasField("start_at"), "the first phase: prepare, then wait"
+        runs.mark_delivery(sessions, dispatch, delivered=True)
+    now = utcnow()
+    report(sessions, first, prepared(run_id))
+    assert starts(sessions, now) == [], "w2 has not prepared yet"
+    report(sessions, second, prepared(run_id))
+    due = starts(sessions, now)
+    assert sorted(s.worker_id for s in due) == sorted([first, second])
+    assert {s.start_at for s in due} == {now + timedelta(seconds=1)}, "one common start"
+    assert run_row(sessions, run_id).started_at is not None
+    runs.mark_begun(sessions, due[0])
+    assert [s.worker_id for s in starts(sessions, now + timedelta(seconds=1))] == [due[1].worker_id], \
+        "an undelivered start is due again; a delivered one is not"
+
+
+def test_a_part_not_prepared_in_time_does_not_hold_the_others_back(sessions: sessionmaker[Session]) -> None:
+    first, _ = admit(sessions, "w1", max_endpoints=2), admit(sessions, "w2", max_endpoints=2)
+    run_id = new_run(sessions)
+    runs.submit(sessions, run_id)
+    for dispatch in runs.pending_dispatches(sessions):
+        runs.mark_delivery(sessions, dispatch, delivered=True)
+    report(sessions, first, prepared(run_id))
+    assert starts(sessions, utcnow() + timedelta(seconds=59)) == []
+    assert len(starts(sessions, utcnow() + timedelta(seconds=61))) == 2, "the late one begins when it can"
+    assert run_row(sessions, run_id).reasons == [
+        "1 of the run's workers had not prepared their part 60 s after it was sent: their endpoints began late"]
+
+
+REGISTERING = tests_pb2.TestSpec(name="pbx", groups=[
+    tests_pb2.EndpointGroup(name="callees", count=2, role=common_pb2.ENDPOINT_ROLE_CALLEE, codecs=["PCMU"],
+                            target=tests_pb2.SipTarget(registrar="sip:pbx.example")),
+    tests_pb2.EndpointGroup(name="callers", count=2, role=common_pb2.ENDPOINT_ROLE_CALLER, codecs=["PCMU"],
+                            target=tests_pb2.SipTarget(registrar="sip:pbx.example", call_uri="group:callees"))])
+
+
+def test_callers_of_a_registering_group_begin_once_it_has_registered(sessions: sessionmaker[Session]) -> None:
+    """Seen: under load callers INVITEd before their callees had registered, and the registrar said 404."""
+    callee_worker, caller_worker = admit(sessions, "w1", max_endpoints=2), admit(sessions, "w2", max_endpoints=2)
+    run_id = new_run(sessions, spec=REGISTERING)
+    runs.submit(sessions, run_id)
+    for dispatch in runs.pending_dispatches(sessions):
+        runs.mark_delivery(sessions, dispatch, delivered=True)
+    for worker_id in (callee_worker, caller_worker):
+        report(sessions, worker_id, prepared(run_id))
+    now = utcnow()
+    [callees] = starts(sessions, now)
+    assert (callees.worker_id, callees.groups) == (callee_worker, ["callees"])
+    runs.mark_begun(sessions, callees)
+    running = workers_pb2.AssignmentStatus(run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_RUNNING,
+                                           registered_by_group={"callees": 1})
+    report(sessions, callee_worker, running)
+    assert starts(sessions, now + timedelta(seconds=5)) == [], "one of the two callees has registered"
+    running.registered_by_group["callees"] = 2
+    report(sessions, callee_worker, running)
+    [callers] = starts(sessions, now + timedelta(seconds=6))
+    assert (callers.worker_id, callers.groups, callers.start_at) == (caller_worker, ["callers"], now + timedelta(seconds=7))
+    assert run_row(sessions, run_id).reasons == []
+
+
+def test_callers_begin_when_the_registration_wait_is_over_and_say_why(sessions: sessionmaker[Session]) -> None:
+    callee_worker, _ = admit(sessions, "w1", max_endpoints=2), admit(sessions, "w2", max_endpoints=2)
+    run_id = new_run(sessions, spec=REGISTERING)
+    runs.submit(sessions, run_id)
+    for dispatch in runs.pending_dispatches(sessions):
+        runs.mark_delivery(sessions, dispatch, delivered=True)
+        report(sessions, dispatch.worker_id, prepared(run_id))
+    now = utcnow()
+    runs.mark_begun(sessions, starts(sessions, now)[0])
+    report(sessions, callee_worker, workers_pb2.AssignmentStatus(
+        run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_RUNNING, registered_by_group={"callees": 1}))
+    assert starts(sessions, now + timedelta(seconds=30)) == []
+    [callers] = starts(sessions, now + timedelta(seconds=31.5))
+    assert callers.groups == ["callers"]
+    starts(sessions, now + timedelta(seconds=32))  # not delivered: due again, said once
+    assert run_row(sessions, run_id).reasons == [
+        "group callers began after waiting 30 s for group callees to register: 1 of its 2 endpoints had"]
+
+
 def test_cancel_reaches_the_workers_and_keeps_a_summary(sessions: sessionmaker[Session]) -> None:
     run_id, worker_id = running_run(sessions)
     run, cancels = runs.cancel(sessions, run_id)
@@ -306,7 +397,7 @@ def test_a_part_lost_with_its_worker_counts_the_seconds_it_did_not_measure(sessi
         run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_RUNNING, endpoint_seconds_by_group={"callers": 4, "callees": 4}))
     with sessions.begin() as session:
         session.get(Worker, worker_id).state = "WORKER_STATE_ERROR"
-    runs.advance(sessions, run_row(sessions, run_id).started_at + timedelta(seconds=10), lost_after_s=60,
+    runs.advance(sessions, run_row(sessions, run_id).dispatched_at + timedelta(seconds=10), lost_after_s=60,
                  collect_delay_s=0)
     # Nothing to wait for from a lost worker: collection needs no give-up.
     assert runs.finish(sessions, run_id, summary_storing(run_id, callers=4, callees=4), give_up=False) is None

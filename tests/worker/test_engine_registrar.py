@@ -3,12 +3,7 @@ routed by the registrar, unregister at the end, a wrong password reported with i
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,74 +12,13 @@ import pytest
 
 from callmeter.v1 import common_pb2, engine_pb2, tests_pb2
 from tests.worker.conftest import samples_of, total
-
-KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
-MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
-PASSWORD = "secret"
-
-CONFIG = """#!KAMAILIO
-log_stderror=yes
-fork=yes
-children=1
-tcp_children=1
-auto_aliases=no
-listen=udp:127.0.0.1:{port}
-listen=tcp:127.0.0.1:{port}
-mpath="{modules}"
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "rr.so"
-loadmodule "pv.so"
-loadmodule "maxfwd.so"
-loadmodule "usrloc.so"
-loadmodule "registrar.so"
-loadmodule "textops.so"
-loadmodule "siputils.so"
-loadmodule "auth.so"
-modparam("usrloc", "db_mode", 0)
-request_route {{
-    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
-    if (has_totag()) {{
-        if (loose_route()) {{ t_relay(); exit; }}
-        if (is_method("ACK")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
-        sl_send_reply("404", "Not here"); exit;
-    }}
-    if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
-    if (is_method("REGISTER")) {{
-        if (!pv_www_authenticate("$td", "{password}", "0")) {{ www_challenge("$td", "0"); exit; }}
-        save("location");
-        exit;
-    }}
-    if (is_method("INVITE")) {{ record_route(); }}
-    if (!lookup("location")) {{ sl_send_reply("404", "Not Found"); exit; }}
-    t_relay();
-}}
-"""
+from tests.worker.kamailio import PASSWORD, kamailio
 
 
 @pytest.fixture
 def registrar(tmp_path: Path) -> Iterator[int]:
-    if not os.path.exists(KAMAILIO) or not os.path.isdir(MODULES):
-        pytest.fail("kamailio is not installed (make system-deps)")  # installed by `make test`: not a skip
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = tmp_path / "kamailio.cfg"
-    config.write_text(CONFIG.format(port=port, modules=MODULES, password=PASSWORD))
-    proc = subprocess.Popen([KAMAILIO, "-f", str(config), "-DD", "-E", "-P", str(tmp_path / "kamailio.pid")],
-                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "kamailio.log").open("wb"), start_new_session=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("kamailio did not start:\n" + (tmp_path / "kamailio.log").read_text()[-2000:])
-    yield port
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(10)
+    with kamailio(tmp_path) as port:
+        yield port
 
 
 @pytest.mark.parametrize("transport", [common_pb2.TRANSPORT_UDP, common_pb2.TRANSPORT_TCP], ids=["udp", "tcp"])

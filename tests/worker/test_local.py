@@ -151,7 +151,7 @@ def test_sigterm_stops_the_run_and_still_prints_the_summary(tmp_path: Path) -> N
                                    cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         # --summary-only prints no samples: the engine's log says when the phones start.
-        eventually(lambda: "run started" in log.read_text(), timeout_s=30, message="the engine started the run")
+        eventually(lambda: "run begins" in log.read_text(), timeout_s=30, message="the engine began the run")
         time.sleep(CALL_SECONDS)  # into the call
         process.send_signal(signal.SIGTERM)
         stdout, _ = process.communicate(timeout=20)

@@ -170,6 +170,8 @@ class Engine:
                     self._error("", 0, 0, f"this engine already runs {self.run_id!r}; start one engine per run")
                 else:
                     self._start(command.start)
+            elif command.HasField("begin"):
+                self._begin(command.begin.start_at, set(command.begin.groups))
 
     def send(self, event: engine_pb2.EngineEvent) -> None:
         try:
@@ -195,8 +197,6 @@ class Engine:
         if plan.codec_order:
             for priority, codec_id in enumerate([*plan.codec_order, *(c for c in self.codec_ids if c not in plan.codec_order)]):
                 self.ep.codecSetPriority(codec_id, max(255 - priority, 1) if codec_id in plan.codec_order else 0)
-        begin_wall = start.start_at or time.time()
-        begin = time.monotonic() + (begin_wall - time.time())
         sink = self.ep.audDevManager().getPlaybackDevMedia()
         media_budget = MediaBudget()
         rtp_slices = _rtp_slices(start.rtp_port_min, start.rtp_port_max, len(plan.phones))
@@ -205,16 +205,33 @@ class Engine:
             if phone is None:
                 continue
             self.phones.append(phone)
-            self.drivers.append(Driver(phone_plan, phone, self.sources[phone_plan.media], sink, begin, self._report,
+            self.drivers.append(Driver(phone_plan, phone, self.sources[phone_plan.media], sink, math.inf, self._report,
                                       rtp_ports=_port_span(*rtp_ports), media_budget=media_budget))
             if phone_plan.role == common_pb2.ENDPOINT_ROLE_CALLEE and not phone_plan.registrar:
                 user = phone_plan.aor.split(":", 1)[1].split("@", 1)[0]
                 self.ep.routes[(user, phone_plan.local_port)] = phone.getId()
         self.sampler = Sampler(self.phones)
-        self.sampling = True
-        self.next_second = math.floor(begin_wall) + 1
-        log.info("run started", run_id=self.run_id, phones=len(self.phones), refused=len(plan.errors),
-                 codecs=plan.codec_order or "default", begins_in_s=round(begin_wall - time.time(), 3))
+        log.info("run prepared", run_id=self.run_id, phones=len(self.phones), refused=len(plan.errors),
+                 codecs=plan.codec_order or "default")
+        self.send(engine_pb2.EngineEvent(prepared=engine_pb2.EnginePrepared(run_id=self.run_id)))
+        if start.start_at:
+            self._begin(start.start_at, set())
+
+    def _begin(self, begin_wall: float, groups: set[str]) -> None:
+        """The endpoints of these groups (all if none named) begin at ``begin_wall`` (Unix time);
+        sampling starts with the first of them."""
+        if self.sampler is None:
+            self._error("", 0, 0, "begin before start: nothing to begin")
+            return
+        begin = time.monotonic() + (begin_wall - time.time())
+        for driver in self.drivers:
+            if (not groups or driver.plan.group in groups) and math.isinf(driver.begin_at):  # the first begin holds
+                driver.schedule(begin)
+        if not self.sampling and not self.done_sent:
+            self.sampling = True
+            self.next_second = math.floor(begin_wall) + 1
+        log.info("run begins", run_id=self.run_id, groups=sorted(groups) or "all",
+                 begins_in_s=round(begin_wall - time.time(), 3))
 
     def _phone(self, plan: PhonePlan, rtp_ports: tuple[int, int]) -> Phone | None:
         """Creates the phone's account (and the transport and media it needs), or reports why not."""

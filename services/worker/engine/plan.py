@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 from google.protobuf.duration_pb2 import Duration
 
+from callmeter.common.start_waves import GROUP_PREFIX
 from callmeter.v1 import common_pb2, engine_pb2, tests_pb2
 
 DEFAULT_REGISTER_EXPIRY_S = 300
 DEFAULT_RING_TIMEOUT_S = 32.0  # SIP Timer B
 DEFAULT_TONE_HZ = 1004
-GROUP_PREFIX = "group:"
 # How long a caller's REGISTER may take before its first call (SIP Timer F), and slack for
 # signalling, when working out by when a callee can expect its last call.
 REGISTER_ALLOWANCE_S = 32.0

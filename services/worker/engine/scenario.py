@@ -90,14 +90,11 @@ class Driver:
         self.phone = phone
         self.source = source
         self.sink = sink
-        self.begin_at = begin_at
         self.report_error = report_error
         self.stage = Stage.WAITING
         self.call: CallRecord | None = None  # the phone's current call
         self.calls_done = 0  # calls ended, placed (callers) or received (callees)
-        self.next_call_at = begin_at + plan.start_offset_s
-        self.end_at = begin_at + plan.run_for_s if plan.run_for_s else None
-        self.calls_due_at = begin_at + plan.calls_due_s if plan.calls_due_s is not None else None
+        self.schedule(begin_at)
         self._unregister_deadline = 0.0
         self._acted: set[str] = set()  # one-shot actions taken on the current call
         # The last response to the current call's INVITE when the ring timeout cancelled it (0: none).
@@ -107,6 +104,14 @@ class Driver:
         #: When tick() next has a timed action to take, as of the last tick (math.inf: none;
         #: the past: something waits without a due time, e.g. room in the media budget).
         self.wake_at = math.inf
+
+    def schedule(self, begin_at: float) -> None:
+        """Sets when the phone begins (monotonic time; math.inf: not yet known) and its timeline."""
+        plan = self.plan
+        self.begin_at = begin_at
+        self.next_call_at = begin_at + plan.start_offset_s
+        self.end_at = begin_at + plan.run_for_s if plan.run_for_s else None
+        self.calls_due_at = begin_at + plan.calls_due_s if plan.calls_due_s is not None else None
 
     @property
     def finished(self) -> bool:
