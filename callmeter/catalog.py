@@ -312,6 +312,16 @@ METRICS: tuple[Metric, ...] = (
        "is not counted).", f"G.107 Annex B on {_EMODEL}.r for tx_loss_pct", 100),
     _m("tx_mos_lq", "uint32", "gauge", "", "MOS-LQ of the send direction.",
        f"G.107 Annex B on {_EMODEL}.r_lq for tx_loss_pct", 100),
+    # The load generator's own state (callmeter/common/generator_load.py): one sample per engine
+    # per second carries the engine's figures (its first phone's), one per run per second on each
+    # worker the supervisor's; 0 on the others.
+    _m("engine_lag_ms", "uint32", "gauge", "ms", "How late after the second ended the engine's loop took its "
+       "samples: the generator's own lateness (a starved CPU, a slow callback).",
+       "engine loop: wall clock at sampling - end of the second (engine.py)", 10),
+    _m("engine_cpu_pct", "uint32", "gauge", "%", "CPU the engine process used in the second, in percent of one core.",
+       "time.process_time() of the engine process over the second (engine.py)"),
+    _m("worker_lag_ms", "uint32", "gauge", "ms", "How late the worker's supervisor loop ran in the second (worst "
+       "wake-up of a 50 ms timer).", "services/worker/loop_lag.py"),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}

@@ -217,13 +217,14 @@ def format_result(run: runs_pb2.Run, summary: results_pb2.RunSummary) -> str:
 
 JSON_GROUP_FIELDS = ("endpoints", "registered", "register_attempted", "calls_attempted", "calls_connected",
                      "calls_failed", "mos_avg", "mos_min", "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95",
-                     "endpoint_seconds", "completeness_pct")
+                     "endpoint_seconds", "completeness_pct", "overloaded_s")
 
 
 def run_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> dict[str, Any]:
     """{run_id, state, verdict, reasons, total: {endpoints, …, completeness_pct} or null,
-    groups: [{name, endpoints, …}], gates: [{gate, observed, passed}]}; a figure that was not
-    measured is null."""
+    groups: [{name, endpoints, …}], gates: [{gate, observed, passed}], workers: [{worker,
+    overloaded_s, …}]}; a figure that was not measured is null."""
+    from callmeter.common.generator_load import load_json
     from callmeter.common.verdict import measured
 
     def numbers(group: results_pb2.GroupSummary) -> dict[str, Any]:
@@ -237,6 +238,7 @@ def run_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> dict[
         "groups": [{"name": g.group, **numbers(g)} for g in (summary.groups if summary is not None else [])],
         "gates": [{"gate": g.gate, "observed": measured(g, "observed"), "passed": g.passed}
                   for g in (summary.gates if summary is not None else [])],
+        "workers": [load_json(load) for load in (summary.workers if summary is not None else [])],
     }
 
 
@@ -260,6 +262,8 @@ def junit_xml(test_name: str, run: runs_pb2.Run, summary: results_pb2.RunSummary
     ET.SubElement(properties, "property", name="run_id", value=run.id)
     if summary.total.HasField("completeness_pct"):
         ET.SubElement(properties, "property", name="completeness_pct", value=f"{summary.total.completeness_pct:.1f}")
+    if summary.total.HasField("overloaded_s"):
+        ET.SubElement(properties, "property", name="overloaded_s", value=str(summary.total.overloaded_s))
     failures = errors = 0
     for gate in summary.gates:
         case = ET.SubElement(suite, "testcase", classname=f"callmeter.{test_name}", name=gate.gate)

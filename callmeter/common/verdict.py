@@ -12,6 +12,8 @@ Pure functions over ``RunSummary`` messages, used by the orchestrator and by ``c
 3. A test without gates gets the default gate ``endpoints_failed == 0``: every endpoint ran its
    scenario without an error. It is shown among the gates like any other.
 FAIL if a gate did not hold, else PASS. Cancelled and timed-out runs are not judged (ERROR).
+Whatever the verdict, a worker that was overloaded adds a reason saying so
+(callmeter/common/generator_load.py); a gate on overloaded_s makes it fail the run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from callmeter.common.generator_load import load_reasons
 from callmeter.v1 import results_pb2, runs_pb2, tests_pb2
 
 
@@ -44,7 +47,7 @@ def _measured(field: str) -> Callable[[results_pb2.GroupSummary], float | None]:
 # Gate metric → how to read it from a GroupSummary (None: not measured, e.g. no calls).
 METRICS: dict[str, Callable[[results_pb2.GroupSummary], float | None]] = {
     **{name: _measured(name) for name in ("mos_avg", "mos_min", "loss_pct", "jitter_ms_p95", "rtt_ms_p95",
-                                          "setup_ms_p95", "completeness_pct")},
+                                          "setup_ms_p95", "completeness_pct", "overloaded_s")},
     "calls_failed_pct": lambda g: _pct(g.calls_failed, g.calls_attempted),
     "calls_connected_pct": lambda g: _pct(g.calls_connected, g.calls_attempted),
     "registered_pct": lambda g: _pct(g.registered, g.endpoints),
@@ -98,7 +101,14 @@ def incomplete(summary: results_pb2.RunSummary, min_pct: float) -> str | None:
 
 def judge(summary: results_pb2.RunSummary, gates: list[tests_pb2.QualityGate], endpoints_planned: int,
           endpoints_failed: int, completeness_min_pct: float = COMPLETENESS_MIN_PCT) -> tuple[int, list[str]]:
-    """Fills summary.gates; returns (Verdict, reasons for an ERROR or a FAIL)."""
+    """Fills summary.gates; returns (Verdict, reasons for an ERROR or a FAIL, and the generator's
+    overload whatever the verdict)."""
+    verdict, reasons = _judge(summary, gates, endpoints_planned, endpoints_failed, completeness_min_pct)
+    return verdict, reasons + load_reasons(summary)
+
+
+def _judge(summary: results_pb2.RunSummary, gates: list[tests_pb2.QualityGate], endpoints_planned: int,
+           endpoints_failed: int, completeness_min_pct: float) -> tuple[int, list[str]]:
     del summary.gates[:]
     why_not = nothing_happened(summary, endpoints_planned) or incomplete(summary, completeness_min_pct)
     if why_not is not None:

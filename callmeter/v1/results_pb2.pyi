@@ -33,7 +33,7 @@ class MetricBatch(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., sequence: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[EndpointSample, _Mapping]]] = ...) -> None: ...
 
 class GroupSummary(_message.Message):
-    __slots__ = ("group", "endpoints", "registered", "calls_attempted", "calls_connected", "calls_failed", "failures_by_code", "mos_avg", "mos_min", "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95", "register_attempted", "endpoint_seconds", "completeness_pct")
+    __slots__ = ("group", "endpoints", "registered", "calls_attempted", "calls_connected", "calls_failed", "failures_by_code", "mos_avg", "mos_min", "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95", "register_attempted", "endpoint_seconds", "completeness_pct", "overloaded_s")
     class FailuresByCodeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class GroupSummary(_message.Message):
     REGISTER_ATTEMPTED_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COMPLETENESS_PCT_FIELD_NUMBER: _ClassVar[int]
+    OVERLOADED_S_FIELD_NUMBER: _ClassVar[int]
     group: str
     endpoints: int
     registered: int
@@ -73,19 +74,36 @@ class GroupSummary(_message.Message):
     register_attempted: int
     endpoint_seconds: int
     completeness_pct: float
-    def __init__(self, group: _Optional[str] = ..., endpoints: _Optional[int] = ..., registered: _Optional[int] = ..., calls_attempted: _Optional[int] = ..., calls_connected: _Optional[int] = ..., calls_failed: _Optional[int] = ..., failures_by_code: _Optional[_Mapping[int, int]] = ..., mos_avg: _Optional[float] = ..., mos_min: _Optional[float] = ..., jitter_ms_p95: _Optional[float] = ..., loss_pct: _Optional[float] = ..., rtt_ms_p95: _Optional[float] = ..., setup_ms_p95: _Optional[float] = ..., register_attempted: _Optional[int] = ..., endpoint_seconds: _Optional[int] = ..., completeness_pct: _Optional[float] = ...) -> None: ...
+    overloaded_s: int
+    def __init__(self, group: _Optional[str] = ..., endpoints: _Optional[int] = ..., registered: _Optional[int] = ..., calls_attempted: _Optional[int] = ..., calls_connected: _Optional[int] = ..., calls_failed: _Optional[int] = ..., failures_by_code: _Optional[_Mapping[int, int]] = ..., mos_avg: _Optional[float] = ..., mos_min: _Optional[float] = ..., jitter_ms_p95: _Optional[float] = ..., loss_pct: _Optional[float] = ..., rtt_ms_p95: _Optional[float] = ..., setup_ms_p95: _Optional[float] = ..., register_attempted: _Optional[int] = ..., endpoint_seconds: _Optional[int] = ..., completeness_pct: _Optional[float] = ..., overloaded_s: _Optional[int] = ...) -> None: ...
 
 class RunSummary(_message.Message):
-    __slots__ = ("run_id", "total", "groups", "gates")
+    __slots__ = ("run_id", "total", "groups", "gates", "workers")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     GATES_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     total: GroupSummary
     groups: _containers.RepeatedCompositeFieldContainer[GroupSummary]
     gates: _containers.RepeatedCompositeFieldContainer[GateResult]
-    def __init__(self, run_id: _Optional[str] = ..., total: _Optional[_Union[GroupSummary, _Mapping]] = ..., groups: _Optional[_Iterable[_Union[GroupSummary, _Mapping]]] = ..., gates: _Optional[_Iterable[_Union[GateResult, _Mapping]]] = ...) -> None: ...
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerLoad]
+    def __init__(self, run_id: _Optional[str] = ..., total: _Optional[_Union[GroupSummary, _Mapping]] = ..., groups: _Optional[_Iterable[_Union[GroupSummary, _Mapping]]] = ..., gates: _Optional[_Iterable[_Union[GateResult, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerLoad, _Mapping]]] = ...) -> None: ...
+
+class WorkerLoad(_message.Message):
+    __slots__ = ("worker", "overloaded_s", "engine_lag_ms_max", "worker_lag_ms_max", "engine_cpu_pct_max")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    OVERLOADED_S_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_LAG_MS_MAX_FIELD_NUMBER: _ClassVar[int]
+    WORKER_LAG_MS_MAX_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_CPU_PCT_MAX_FIELD_NUMBER: _ClassVar[int]
+    worker: str
+    overloaded_s: int
+    engine_lag_ms_max: float
+    worker_lag_ms_max: float
+    engine_cpu_pct_max: float
+    def __init__(self, worker: _Optional[str] = ..., overloaded_s: _Optional[int] = ..., engine_lag_ms_max: _Optional[float] = ..., worker_lag_ms_max: _Optional[float] = ..., engine_cpu_pct_max: _Optional[float] = ...) -> None: ...
 
 class GateResult(_message.Message):
     __slots__ = ("gate", "observed", "passed")

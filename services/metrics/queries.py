@@ -16,6 +16,7 @@ count is defined in schema.py (GROUP_SECOND_COLUMNS), per group and for the whol
 - setup_ms_p95: over seconds in which a call connected and reported its setup time, so each
   call weighs once, however long it lasted;
 - endpoint_seconds: the endpoints reporting in each second, added up over the seconds;
+- overloaded_s (the run's total) and workers: the load generator's own load (worker_loads);
 - failures_by_code: each second's calls_failed filed under that second's call_last_code (see
   schema.failure_code_sql).
 - registered, register_attempted: endpoints that held a registration, or sent a REGISTER, in
@@ -31,6 +32,7 @@ import math
 from collections.abc import Sequence
 
 from callmeter.catalog import BY_NAME, Metric
+from callmeter.common.generator_load import CARRIES_LOAD_SQL, OVERLOADED_SQL
 from callmeter.common.verdict import measured
 from callmeter.v1 import results_pb2
 from services.metrics.schema import (
@@ -57,7 +59,8 @@ AGGREGATES = {
 #: GroupSummary fields a trend can follow (its numbers; not the group name or the code map).
 TREND_FIELDS = tuple(
     f.name for f in results_pb2.GroupSummary.DESCRIPTOR.fields
-    if f.name not in ("group", "failures_by_code", "completeness_pct")  # the orchestrator's figure, not stored here
+    # completeness is the orchestrator's figure; overloaded_s is read with the run's workers
+    if f.name not in ("group", "failures_by_code", "completeness_pct", "overloaded_s")
 )
 
 
@@ -108,6 +111,34 @@ GROUP BY GROUPING SETS ((run_id, `group`), (run_id))
 """
 
 
+_LOAD_SQL = f"""
+SELECT worker_id, grouping(worker_id),
+  uniqExactIf(second, {OVERLOADED_SQL}), max(engine_lag_ms), max(worker_lag_ms), max(engine_cpu_pct)
+FROM {SAMPLES_TABLE}
+WHERE run_id = {{run_id:String}} AND {CARRIES_LOAD_SQL}
+GROUP BY GROUPING SETS ((worker_id), ())
+"""
+
+
+def worker_loads(client, run_id: str) -> tuple[int | None, list[results_pb2.WorkerLoad]]:  # type: ignore[no-untyped-def]
+    """The run's overloaded seconds (None if no worker measured its load) and each worker's load
+    (callmeter/common/generator_load.py). Raw rows without FINAL: a replayed row repeats a second
+    and a maximum, which neither a distinct count nor max changes."""
+    total, workers = None, []
+    for worker_id, is_total, overloaded_s, engine_lag, worker_lag, engine_cpu in client.query(
+            _LOAD_SQL, parameters={"run_id": run_id}).result_rows:
+        if is_total:
+            total = overloaded_s
+        else:
+            workers.append(results_pb2.WorkerLoad(
+                worker=worker_id, overloaded_s=overloaded_s,
+                engine_lag_ms_max=engine_lag / BY_NAME["engine_lag_ms"].scale,
+                worker_lag_ms_max=worker_lag / BY_NAME["worker_lag_ms"].scale,
+                engine_cpu_pct_max=engine_cpu / BY_NAME["engine_cpu_pct"].scale))
+    # The grand total comes even over no rows: measured only with some worker's.
+    return (total if workers else None), sorted(workers, key=lambda w: w.worker)
+
+
 def _set_measured(summary: results_pb2.GroupSummary, field: str, value: float | None) -> None:
     if value is not None and math.isfinite(value):
         setattr(summary, field, value)
@@ -154,9 +185,12 @@ def run_summary(client, run_id: str, groups: Sequence[str]) -> results_pb2.RunSu
     by_group = group_summaries(client, [run_id]).get(run_id, {})
     total = by_group.pop("", results_pb2.GroupSummary())
     names = list(dict.fromkeys(groups)) + sorted(set(by_group) - set(groups))
+    overloaded_s, workers = worker_loads(client, run_id)
+    if overloaded_s is not None:
+        total.overloaded_s = overloaded_s
     return results_pb2.RunSummary(
         run_id=run_id, total=total,
-        groups=[by_group.get(name) or results_pb2.GroupSummary(group=name) for name in names],
+        groups=[by_group.get(name) or results_pb2.GroupSummary(group=name) for name in names], workers=workers,
     )
 
 

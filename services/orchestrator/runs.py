@@ -336,6 +336,9 @@ def finish(sessions: sessionmaker[Session], run_id: str, summary: results_pb2.Ru
         if awaited and not give_up:
             return awaited
         _set_completeness(summary, placements, run)
+        for load in summary.workers:  # stored by id; named as the user knows it
+            worker = session.get(Worker, load.worker)
+            load.worker = worker.name if worker is not None else load.worker
         if run.state == RUN(runs_pb2.RUN_STATE_COLLECTING):
             spec = _spec(session, run)
             planned = sum(p.count for p in placements)

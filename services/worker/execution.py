@@ -22,6 +22,7 @@ import structlog
 
 from callmeter.v1 import engine_pb2, results_pb2, tests_pb2, workers_pb2
 from services.worker.engines import EngineProcess
+from services.worker.loop_lag import LoopLag
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +36,8 @@ class RunExecution:
                  rtp_ranges: list[tuple[int, int]], credentials: dict[str, engine_pb2.Credential],
                  on_sample: Callable[[str, results_pb2.EndpointSample], None],
                  on_status: Callable[[workers_pb2.AssignmentStatus], None],
-                 on_error: Callable[[str, workers_pb2.EndpointError], None] | None = None) -> None:
+                 on_error: Callable[[str, workers_pb2.EndpointError], None] | None = None,
+                 loop_lag: LoopLag | None = None) -> None:
         self.run_id = assignment.run_id
         self.spec: tests_pb2.TestSpec = assignment.spec
         self.packed = packed
@@ -45,6 +47,9 @@ class RunExecution:
         self.on_status = on_status
         # Told of every endpoint error as it is recorded (the status carries only the newest ones).
         self.on_error = on_error
+        # The supervisor's lag goes on the first sample of each second (callmeter/common/generator_load.py).
+        self.loop_lag = loop_lag
+        self.lag_second = 0
         self.endpoints = sum(piece.count for slices in packed for piece in slices)
         self.erred: set[tuple[str, int]] = set()  # reported at least one error
         self.lost: set[tuple[str, int]] = set()  # their engine could not start or died
@@ -160,6 +165,9 @@ class RunExecution:
             kind = event.WhichOneof("event")
             if kind == "sample":
                 sample = event.sample
+                if self.loop_lag is not None and sample.second > self.lag_second:
+                    sample.metrics.worker_lag_ms = self.loop_lag.of_second(sample.second)
+                    self.lag_second = sample.second
                 self.endpoint_seconds[sample.group] += 1
                 if sample.metrics.registered and (sample.group, sample.endpoint) not in self.registered:
                     self.registered.add((sample.group, sample.endpoint))

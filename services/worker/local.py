@@ -58,6 +58,7 @@ from callmeter.common.codecs import codec_matches, codec_names
 from callmeter.common.enum_words import word
 from callmeter.common.errors import CallmeterError, ConfigError, ErrorCode
 from callmeter.common.exit_codes import ExitCode
+from callmeter.common.generator_load import LoadTally, load_json
 from callmeter.common.logging import configure_logging
 from callmeter.common.service import install_signal_handlers, print_config_error
 from callmeter.common.settings import load_settings
@@ -82,6 +83,7 @@ log = structlog.get_logger(__name__)
 # lead); how often the execution's state is looked at meanwhile.
 START_LEAD_S = 1.0
 PREPARED_POLL_S = 0.05
+LOCAL_WORKER = "local"  # this worker's name in the summary's load figures
 # How often gathered samples are printed.
 PRINT_INTERVAL_S = 0.25
 
@@ -336,6 +338,7 @@ class LocalOutput:
         self.totals = {group.name: _Totals() for group in spec.groups}
         self.answering = {group.name for group in spec.groups if group.role == common_pb2.ENDPOINT_ROLE_CALLEE}
         self.status: workers_pb2.AssignmentStatus | None = None
+        self.load = LoadTally()
         self.ack: Callable[[str, int], None] = lambda _run_id, _sequence: None
 
     def send(self, message: workers_pb2.WorkerMessage) -> None:
@@ -354,6 +357,7 @@ class LocalOutput:
         totals = self.totals.get(sample.group)
         if totals is not None:
             totals.add(sample)
+        self.load.add(sample)
         if not self.lines.summary_only:
             metrics = {f.name: value for f, value in sample.metrics.ListFields()}
             self.lines.write({"type": "sample", "second": sample.second, "group": sample.group,
@@ -387,6 +391,10 @@ class LocalOutput:
             run.calls_failed, run.failures_by_code = placing.calls_failed, placing.failures_by_code
         summary = results_pb2.RunSummary(run_id=run_id, total=run.group_summary(""), groups=[
             totals.group_summary(name) for name, totals in self.totals.items()])
+        load = self.load.load(LOCAL_WORKER)
+        if load is not None:
+            summary.workers.append(load)
+            summary.total.overloaded_s = load.overloaded_s
         return summary, run
 
     def summaries(self, summary: results_pb2.RunSummary, run: _Totals, verdict: Verdict, state: str,
@@ -395,8 +403,9 @@ class LocalOutput:
         for group in summary.groups:
             self.lines.write(self.totals[group.group].summary_line(group))
         gates = [{"gate": g.gate, "observed": _measured(g, "observed"), "passed": g.passed} for g in summary.gates]
-        self.lines.write({**run.summary_line(summary.total), "run_id": summary.run_id, "state": state,
-                          "verdict": verdict.name, "reasons": verdict.reasons, "gates": gates,
+        self.lines.write({**run.summary_line(summary.total), "overloaded_s": measured(summary.total, "overloaded_s"),
+                          "workers": [load_json(load) for load in summary.workers], "run_id": summary.run_id,
+                          "state": state, "verdict": verdict.name, "reasons": verdict.reasons, "gates": gates,
                           "exit_code": exit_code})
 
 

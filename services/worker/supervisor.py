@@ -16,6 +16,7 @@ from callmeter.common.codecs import codec_names
 from callmeter.v1 import common_pb2, engine_pb2, workers_pb2
 from services.worker import credentials
 from services.worker.execution import RunExecution
+from services.worker.loop_lag import LoopLag
 from services.worker.packing import pack, rtp_ranges
 from services.worker.settings import WorkerSettings
 from services.worker.uplink import Uplink
@@ -55,6 +56,8 @@ class Supervisor:
         self.finished: OrderedDict[str, workers_pb2.AssignmentStatus] = OrderedDict()
         self.free_slots = list(range(capacity.max_engines))
         self.slot_ranges = rtp_ranges(settings.rtp_port_min, settings.rtp_port_max, max(1, capacity.max_engines))
+        self.loop_lag = LoopLag()  # measured while runs execute
+        self.lag_task: asyncio.Task[None] | None = None
 
     @property
     def running_endpoints(self) -> int:
@@ -130,7 +133,10 @@ class Supervisor:
             return
         slots = [self.free_slots.pop(0) for _ in packed]
         execution = RunExecution(assignment, packed, [self.slot_ranges[slot] for slot in slots], found,
-                                 on_sample=self.uplink.add, on_status=self._status, on_error=self.on_error)
+                                 on_sample=self.uplink.add, on_status=self._status, on_error=self.on_error,
+                                 loop_lag=self.loop_lag)
+        if self.lag_task is None:
+            self.lag_task = asyncio.create_task(self.loop_lag.run())
         self.executions[run_id] = execution
         log.info("assignment_accepted", run_id=run_id, endpoints=execution.endpoints, engines=len(packed),
                  codecs=codec_names(list(self.capacity.codecs)))
@@ -151,3 +157,6 @@ class Supervisor:
             self.free_slots.extend(slots)
             del self.executions[execution.run_id]
             del self.tasks[execution.run_id]
+            if not self.executions and self.lag_task is not None:
+                self.lag_task.cancel()
+                self.lag_task = None

@@ -32,7 +32,7 @@ def fabricated() -> tuple[runs_pb2.Run, results_pb2.RunSummary]:
 def test_json_has_exactly_the_documented_shape() -> None:
     run, summary = fabricated()
     data = json.loads(json.dumps(run_json(run, summary)))
-    assert list(data) == ["run_id", "state", "verdict", "reasons", "total", "groups", "gates"]
+    assert list(data) == ["run_id", "state", "verdict", "reasons", "total", "groups", "gates", "workers"]
     assert (data["run_id"], data["state"], data["verdict"]) == ("r1", "finished", "fail")
     assert data["reasons"] == ["group callers: calls_failed_pct == 0 (observed 5)"]
     assert data["total"] is None, "no total in the summary"
@@ -41,14 +41,18 @@ def test_json_has_exactly_the_documented_shape() -> None:
     assert data["groups"][0] == {
         "name": "callers", "endpoints": 10, "registered": 10, "register_attempted": 0, "calls_attempted": 20,
         "calls_connected": 19, "calls_failed": 1, "mos_avg": 4.21, "mos_min": 3.5, "jitter_ms_p95": 4.5, "loss_pct": 0.25, "rtt_ms_p95": 12.0,
-        "setup_ms_p95": 180.0, "endpoint_seconds": 600, "completeness_pct": 100.0,
+        "setup_ms_p95": 180.0, "endpoint_seconds": 600, "completeness_pct": 100.0, "overloaded_s": None,
     }
     assert [g["name"] for g in data["groups"]] == ["callers", "callees"]
-    not_measured = ("mos_avg", "mos_min", "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95", "completeness_pct")
+    not_measured = ("mos_avg", "mos_min", "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95", "completeness_pct",
+                    "overloaded_s")
     assert all(data["groups"][1][field] is None for field in not_measured), "not measured is null, not 0"
     summary.total.CopyFrom(summary.groups[0])
     assert run_json(run, summary)["total"] == {k: v for k, v in data["groups"][0].items() if k != "name"}
     assert (run_json(run, None)["groups"], run_json(run, None)["gates"], run_json(run, None)["total"]) == ([], [], None)
+    summary.workers.add(worker="w1", overloaded_s=42, engine_lag_ms_max=2300.5, worker_lag_ms_max=12, engine_cpu_pct_max=97)
+    assert run_json(run, summary)["workers"] == [{"worker": "w1", "overloaded_s": 42, "engine_lag_ms_max": 2300.5,
+                                                  "worker_lag_ms_max": 12.0, "engine_cpu_pct_max": 97.0}]
 
 
 def test_junit_has_a_case_per_gate_and_a_failure_where_it_did_not_hold() -> None:

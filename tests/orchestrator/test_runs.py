@@ -115,11 +115,17 @@ def test_a_run_goes_from_queued_to_finished_with_a_verdict(sessions: sessionmake
     cancels, collects = runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
     assert [c.run_id for c in collects] == [run_id] and collects[0].groups == ["callees", "callers"]
 
-    runs.finish(sessions, run_id, good_summary(run_id), give_up=False)
+    summary = good_summary(run_id)
+    summary.workers.add(worker=worker_id, overloaded_s=5, engine_lag_ms_max=250, engine_cpu_pct_max=40)
+    runs.finish(sessions, run_id, summary, give_up=False)
     row = run_row(sessions, run_id)
     assert (row.state, row.verdict) == ("RUN_STATE_FINISHED", "VERDICT_PASS")
     stored = results_pb2.RunSummary.FromString(row.summary)
     assert [g.passed for g in stored.gates] == [True]
+    assert [load.worker for load in stored.workers] == ["w1"], "named as the user knows it"
+    assert row.reasons == ["worker w1 was overloaded for 5 s (engine loop late by up to 250 ms, supervisor by up to "
+                           "0 ms, an engine at up to 40 % CPU): results may reflect the load generator, not the "
+                           "system under test"]
 
 
 def test_collection_waits_for_the_ingest_delay(sessions: sessionmaker[Session]) -> None:

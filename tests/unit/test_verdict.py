@@ -76,8 +76,8 @@ def test_every_gate_metric_reads_a_summary_field() -> None:
     assert {metric for metric in GATE_METRICS if not metric.endswith("_pct")} <= fields
     measured = results_pb2.GroupSummary(endpoints=4, registered=4, calls_attempted=2, calls_connected=2, mos_avg=4,
                                         mos_min=4, jitter_ms_p95=1, loss_pct=0, rtt_ms_p95=1, setup_ms_p95=1,
-                                        completeness_pct=100)
-    assert all(isinstance(read(measured), float) for read in METRICS.values())
+                                        completeness_pct=100, overloaded_s=0)
+    assert all(isinstance(read(measured), (int, float)) for read in METRICS.values())
     assert all(read(results_pb2.GroupSummary()) is None for name, read in METRICS.items() if name != "registered_pct")
 
 
@@ -92,3 +92,15 @@ def test_incomplete_results_are_an_error_and_a_gate_can_ask_for_more() -> None:
     result.total.completeness_pct = 99.5
     verdict, reasons = judge(result, [gate("completeness_pct", tests_pb2.COMPARISON_GE, 99.9)], 10, 0)
     assert verdict == runs_pb2.VERDICT_FAIL and reasons == ["completeness_pct >= 99.9: observed 99.5"]
+
+
+def test_an_overloaded_worker_is_named_in_the_reasons_whatever_the_verdict_and_a_gate_can_fail_it() -> None:
+    result = summary(mos_avg=4.3, calls_attempted=10, calls_connected=10, overloaded_s=42)
+    result.workers.add(worker="w1", overloaded_s=42, engine_lag_ms_max=2300.4, worker_lag_ms_max=3, engine_cpu_pct_max=99)
+    result.workers.add(worker="w2")  # measured, never overloaded: not named
+    verdict, reasons = judge(result, [gate("mos_avg", tests_pb2.COMPARISON_GE, 4.0)], 10, 0)
+    assert verdict == runs_pb2.VERDICT_PASS
+    assert reasons == ["worker w1 was overloaded for 42 s (engine loop late by up to 2300 ms, supervisor by up to 3 ms, "
+                       "an engine at up to 99 % CPU): results may reflect the load generator, not the system under test"]
+    verdict, reasons = judge(result, [gate("overloaded_s", tests_pb2.COMPARISON_EQ, 0)], 10, 0)
+    assert verdict == runs_pb2.VERDICT_FAIL and reasons[0] == "overloaded_s == 0: observed 42"

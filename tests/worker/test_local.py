@@ -121,7 +121,10 @@ def test_self_call_prints_a_sample_per_endpoint_second_and_a_summary(tmp_path: P
     assert (run["state"], run["exit_code"], run["endpoints"]) == ("done", 0, 2)
     # The call is counted at both ends, by its group each; the run counts it once.
     assert (run["calls_attempted"], run["calls_connected"], by_group["callees"]["calls_attempted"]) == (1, 1, 1)
-    assert (run["verdict"], run["reasons"]) == ("pass", []), run
+    # A loaded machine may slow the generator itself: that is said, and is the only reason allowed.
+    assert run["verdict"] == "pass" and all(" was overloaded for " in r for r in run["reasons"]), run
+    [load] = run["workers"]  # the generator's own load, measured every second
+    assert load["worker"] == "local" and load["engine_cpu_pct_max"] > 0 and run["overloaded_s"] == load["overloaded_s"]
     assert [(g["gate"], g["passed"]) for g in run["gates"]] == [("mos_avg >= 3.5", True),
                                                                ("calls_connected_pct == 100", True)]
     assert run["gates"][0]["observed"] == run["mos_avg"] and run["gates"][1]["observed"] == 100

@@ -27,6 +27,7 @@ import time
 import pjsua2 as pj
 
 from callmeter import __version__
+from callmeter.catalog import BY_NAME
 from callmeter.v1 import common_pb2, engine_pb2, workers_pb2
 from services.worker.engine.channel import ChannelError, CommandReader, EventWriter, take_stdout
 from services.worker.engine.media import MediaSource
@@ -104,6 +105,7 @@ class Engine:
         self.transports: dict[tuple[int, int], int | str] = {}
         self.sampler: Sampler | None = None
         self.next_second = 0.0
+        self.cpu_mark = (0.0, 0.0)  # (process time, wall clock) at the last CPU reading
         self.sampling = False
         self.done_sent = False
         self.stop_reason: str | None = None
@@ -230,6 +232,7 @@ class Engine:
         if not self.sampling and not self.done_sent:
             self.sampling = True
             self.next_second = math.floor(begin_wall) + 1
+            self.cpu_mark = (time.process_time(), time.time())
         log.info("run begins", run_id=self.run_id, groups=sorted(groups) or "all",
                  begins_in_s=round(begin_wall - time.time(), 3))
 
@@ -309,7 +312,7 @@ class Engine:
             self._emit_due(wall)
         if not self.done_sent and all(driver.finished for driver in self.drivers):
             if self.sampling:
-                self._emit_samples(int(self.next_second) - 1)  # the part of this second until the end
+                self._emit_samples(int(self.next_second) - 1, wall, self._cpu_pct(wall))  # this second until the end
                 self.sampling = False
             self.done_sent = True
             self.send(engine_pb2.EngineEvent(done=engine_pb2.EngineDone(run_id=self.run_id)))
@@ -332,13 +335,27 @@ class Engine:
         """Samples every whole second up to ``wall`` not sampled yet. A loop that ran late (a starved
         CPU, a long callback) catches up second by second, the first sample carrying what
         accumulated meanwhile: every endpoint has a sample for every second from its start."""
+        cpu_pct = self._cpu_pct(wall) if wall >= self.next_second else 0.0
         while wall >= self.next_second:
-            self._emit_samples(int(self.next_second) - 1)
+            self._emit_samples(int(self.next_second) - 1, wall, cpu_pct)
             self.next_second += 1
 
-    def _emit_samples(self, second: int) -> None:
+    def _cpu_pct(self, wall: float) -> float:
+        """The engine's CPU since the last call, in percent of one core."""
+        cpu, (cpu_before, wall_before) = time.process_time(), self.cpu_mark
+        self.cpu_mark = (cpu, wall)
+        return 100.0 * (cpu - cpu_before) / (wall - wall_before) if wall > wall_before else 0.0
+
+    def _emit_samples(self, second: int, wall: float, cpu_pct: float) -> None:
+        """The second's samples; the first carries the engine's own lateness and CPU
+        (callmeter/common/generator_load.py)."""
         assert self.sampler is not None
-        for sample in self.sampler.sample(second):
+        samples = self.sampler.sample(second)
+        if samples:
+            load = samples[0].metrics
+            load.engine_lag_ms = round(max(0.0, wall - (second + 1)) * 1000 * BY_NAME["engine_lag_ms"].scale)
+            load.engine_cpu_pct = round(cpu_pct * BY_NAME["engine_cpu_pct"].scale)
+        for sample in samples:
             self.send(engine_pb2.EngineEvent(sample=sample))
 
     def _shutdown(self) -> None:
@@ -366,7 +383,7 @@ class Engine:
             wall = time.time()
             self._emit_due(wall)
             if wall >= self.next_second - 1:  # the part of this second until now (not if stopped before the start)
-                self._emit_samples(int(self.next_second) - 1)
+                self._emit_samples(int(self.next_second) - 1, wall, self._cpu_pct(wall))
 
     def _drop_media_objects(self) -> None:
         """Lets every Call object and media port go while the library lives.
