@@ -11,6 +11,7 @@ BENCHMARKS = {
     "engine": "bench.engine",
     "gateway": "bench.gateway",
     "metrics": "bench.metrics_pipeline",
+    "starved": "bench.starved",
 }
 
 
