@@ -54,14 +54,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from callmeter.catalog import METRICS
 from callmeter.cli.platform import rss_bytes
-from callmeter.common.stores.metrics_stream import STREAM, batch_msg_id, ensure_stream
+from callmeter.common.stores.metrics_stream import STREAM, batch_msg_id
 from callmeter.common.stores.nats import EmbeddedNats
 from callmeter.common.stores.worker_commands import send_to_worker
 from callmeter.common.tls import ensure_dev_pki
 from callmeter.v1 import (common_pb2, endpoint_metrics_pb2, engine_pb2, orchestrator_pb2, orchestrator_pb2_grpc,
                           results_pb2, tests_pb2, workers_pb2, workers_pb2_grpc)
 from services.worker.engine.client import EngineClient
-from tests.procs import start_service
+from tests.procs import create_metrics_streams, start_service
 
 QUICK = os.environ.get("CALLMETER_BENCH_QUICK") == "1"
 WORKERS = 200 if QUICK else 1000
@@ -645,6 +645,7 @@ async def measure(tmp: Path) -> None:
     await orchestrator.start()
     pki = ensure_dev_pki(tmp / "tls")
     unlimited = str(2**40)
+    await asyncio.to_thread(create_metrics_streams, server.url)  # metrics-ingest's: this benchmark runs none
     gateway = start_service("gateway", tmp, {
         "CALLMETER_NATS_URL": server.url, "CALLMETER_TLS_CERT_FILE": str(pki.server_cert),
         "CALLMETER_TLS_KEY_FILE": str(pki.server_key), "CALLMETER_ORCHESTRATOR_ADDRESS": f"127.0.0.1:{orchestrator_port}",
@@ -656,9 +657,6 @@ async def measure(tmp: Path) -> None:
     try:
         assert bare.stdout is not None
         bare_port = int(bare.stdout.readline())
-        nc = await nats.connect(server.url)
-        await ensure_stream(nc.jetstream())
-        await nc.close()
         setup = Setup(server, pki.ca_cert, gateway.address,
                       gateway.process.pid, f"127.0.0.1:{bare_port}", bare.pid, stub)
         await connected_workers(setup)

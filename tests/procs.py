@@ -104,6 +104,25 @@ def eventually(check, timeout_s: float = 20.0, interval_s: float = 0.1, message:
         time.sleep(interval_s)
 
 
+def create_metrics_streams(nats_url: str) -> None:
+    """The streams as metrics-ingest creates them at its start (its default limits), for a gateway
+    started without metrics-ingest: the gateway waits for them, it never creates them."""
+    from services.metrics.settings import MetricsSettings
+    from services.metrics.stream import ensure_streams
+
+    async def create() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            s = MetricsSettings()
+            await ensure_streams(nc.jetstream(), replicas=1, duplicate_window_s=s.stream_duplicate_window_s,
+                                 max_age_s=s.stream_max_age_s, max_bytes=s.stream_max_bytes,
+                                 deadletter_max_age_s=s.deadletter_max_age_s)
+        finally:
+            await nc.close()
+
+    asyncio.run(create())
+
+
 def stored_batches(nats_url: str) -> list[results_pb2.MetricBatch]:
     """Every MetricBatch in the CALLMETER_METRICS stream, in stream order."""
 

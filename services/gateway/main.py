@@ -21,7 +21,7 @@ from nats.aio.subscription import Subscription
 from callmeter.common.channels import aio_channel
 from callmeter.common.grpc_server import GrpcServer, TlsFiles
 from callmeter.common.service import Component, ServiceSpec, run_service
-from callmeter.common.stores.metrics_stream import ensure_stream
+from callmeter.common.stores.metrics_stream import wait_for_stream
 from callmeter.common.stores.nats import connect_nats
 from callmeter.v1 import orchestrator_pb2_grpc, workers_pb2
 from services.gateway.commands import NatsCommandRoutes
@@ -87,7 +87,7 @@ class Gateway:
 
 async def build(settings: GatewaySettings, server: GrpcServer) -> Component:
     nats = await connect_nats(settings.nats_url, name=f"callmeter-gateway-{settings.gateway_id}")
-    await ensure_stream(nats.jetstream())
+    await wait_for_stream(nats.jetstream())
     return Gateway(settings, server, nats)
 
 

@@ -1,9 +1,9 @@
 """The JetStream streams and durable consumers metrics-ingest reads and writes.
 
-CALLMETER_METRICS (metric batches from the gateway) is defined once, in
-callmeter.common.stores.metrics_stream, because the gateway ensures it too. The two streams
-defined here are ingest's own: dead letters, and the orchestrator's run-start notices. Nothing
-here imports a service, so it can move to callmeter.common when another service needs it.
+metrics-ingest owns all three (it alone creates them and sets their limits): CALLMETER_METRICS
+(metric batches from the gateway, which waits for it: callmeter.common.stores.metrics_stream
+names its subjects), dead letters, and the orchestrator's run-start notices. Nothing here imports
+a service, so it can move to callmeter.common when another service needs it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from callmeter.common.stores.metrics_stream import (
     STREAM,
     SUBJECT_PREFIX,
 )
-from callmeter.common.stores.metrics_stream import ensure_stream as ensure_metrics_stream
 
 METRICS_STREAM = STREAM
 METRICS_SUBJECTS = f"{SUBJECT_PREFIX}.>"
@@ -44,9 +43,11 @@ log = structlog.get_logger(__name__)
 
 async def ensure_streams(js: JetStreamContext, replicas: int, duplicate_window_s: float, max_age_s: float,
                          max_bytes: int, deadletter_max_age_s: float) -> None:
-    """Creates or updates the three streams; safe to call from every replica at every start."""
-    await ensure_metrics_stream(js, replicas=replicas, duplicate_window_s=duplicate_window_s,
-                                max_age_s=max_age_s, max_bytes=max_bytes)
+    """Creates or updates the three streams; safe to call from every replica at every start.
+    metrics-ingest is their only owner: the gateway waits for the metrics stream, never sets it."""
+    await _ensure(js, StreamConfig(name=METRICS_STREAM, subjects=[METRICS_SUBJECTS], storage=StorageType.FILE,
+                                   num_replicas=replicas, duplicate_window=duplicate_window_s, max_age=max_age_s,
+                                   max_bytes=max_bytes))
     await _ensure(js, StreamConfig(name=DEADLETTER_STREAM, subjects=[DEADLETTER_SUBJECTS], storage=StorageType.FILE,
                                    num_replicas=replicas, duplicate_window=duplicate_window_s,
                                    max_age=deadletter_max_age_s))

@@ -10,6 +10,7 @@ Placements are pending (ASSIGNMENT_STATE_UNSPECIFIED) until their assignment is 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -401,6 +402,8 @@ def _set_completeness(summary: results_pb2.RunSummary, placements: list[RunPlace
 
 #: Example endpoints named per cause in a run's reasons.
 EXAMPLES_PER_CAUSE = 3
+# Each endpoint's own address in an error ("call to sip:callee5@… failed: 486") is not its cause.
+_URI = re.compile(r"\bsips?:[^\s;,>)]+")
 
 
 def error_reasons(placements: list[RunPlacement]) -> list[str]:
@@ -410,6 +413,7 @@ def error_reasons(placements: list[RunPlacement]) -> list[str]:
     for placement in placements:
         for error in placement.errors:
             endpoint, _, cause = error.partition("]: ") if error.startswith("[") else ("", "", error)
+            cause = _URI.sub("sip:…", cause)
             causes.setdefault((placement.group_name, cause), []).append(endpoint + "]" if endpoint else "")
     lines = []
     for (group, cause), endpoints in sorted(causes.items(), key=lambda item: (-len(item[1]), item[0])):

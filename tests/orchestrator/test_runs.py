@@ -219,6 +219,21 @@ def test_failures_are_counted_per_group_and_reasons_grouped_once_under_their_gro
     assert row.reasons == ["group callers: 2 endpoints: registration failed (SIP 401) (e.g. [0], [1])"]
 
 
+def test_errors_differing_only_in_the_endpoints_address_are_one_cause(sessions: sessionmaker[Session]) -> None:
+    """Seen: six callers refused with 486 gave six reason lines, one per callee's URI."""
+    run_id, worker_id = running_run(sessions)
+    errors = [workers_pb2.EndpointError(group="callers", endpoint=i, sip_code=486,
+                                        reason=f"call to sip:callee{i}@127.0.0.1:47200;transport=udp failed: 486 Busy Here")
+              for i in range(2)]
+    report(sessions, worker_id, workers_pb2.AssignmentStatus(
+        run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_DONE, endpoints_failed=2,
+        endpoints_failed_by_group={"callers": 2}, errors=errors))
+    runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
+    runs.finish(sessions, run_id, good_summary(run_id), give_up=False)
+    assert run_row(sessions, run_id).reasons == [
+        "group callers: 2 endpoints: call to sip:…;transport=udp failed: 486 Busy Here (SIP 486) (e.g. [0], [1])"]
+
+
 def test_a_lost_worker_fails_its_endpoints_and_the_run_goes_on(sessions: sessionmaker[Session]) -> None:
     run_id, worker_id = running_run(sessions)
     with sessions.begin() as session:

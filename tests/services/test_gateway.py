@@ -27,13 +27,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.orm import Session
 
 from callmeter.common.stores.database import create_database_engine
-from callmeter.common.stores.metrics_stream import STREAM
+from callmeter.common.stores.metrics_stream import STREAM, wait_for_stream
 from callmeter.common.stores.nats import EmbeddedNats
 from callmeter.common.tls import DevPki
 from callmeter.common.tokens import WORKER_TOKEN_PREFIX, hash_secret, new_secret
 from callmeter.state.bootstrap import bootstrap_local
 from callmeter.state.models import Worker, WorkerToken
 from callmeter.v1 import endpoint_metrics_pb2, results_pb2, workers_pb2
+from services.metrics.stream import ensure_streams
 from services.worker import link as link_module
 from services.worker.health import WorkerStatus
 from services.worker.link import GatewayLink
@@ -582,3 +583,39 @@ def test_a_worker_still_running_a_run_the_platform_has_ended_is_told_to_cancel_i
 
     [cancel] = asyncio.run(scenario())
     assert cancel.run_id == "ended-while-away" and "ended" in cancel.reason, cancel
+
+
+def test_a_gateway_start_keeps_the_stream_limits_metrics_ingest_set(plane: Plane) -> None:
+    """Seen: each gateway start reset max_age 3600 → 604800, max_bytes 10 MB → unlimited, the
+    duplicate window 300 → 120 s. metrics-ingest owns the stream; the gateway only waits for it."""
+    async def configure() -> None:
+        nc = await nats.connect(plane.nats.url)
+        await ensure_streams(nc.jetstream(), replicas=1, duplicate_window_s=300, max_age_s=3600,
+                             max_bytes=10_000_000, deadletter_max_age_s=3600)
+        await nc.close()
+
+    async def limits() -> tuple[float, int, float]:
+        nc = await nats.connect(plane.nats.url)
+        config = (await nc.jetstream().stream_info(STREAM)).config
+        await nc.close()
+        return config.max_age, config.max_bytes, config.duplicate_window
+
+    asyncio.run(configure())
+    plane.start_gateway()
+    assert asyncio.run(limits()) == (3600, 10_000_000, 300)
+
+
+def test_a_publisher_waits_for_the_stream_until_metrics_ingest_creates_it(nats_server: EmbeddedNats) -> None:
+    async def scenario() -> None:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        await js.delete_stream(STREAM)
+        waiting = asyncio.create_task(wait_for_stream(js, poll_s=0.05))
+        await asyncio.sleep(0.5)
+        assert not waiting.done(), "no stream yet: still waiting"
+        await ensure_streams(js, replicas=1, duplicate_window_s=120, max_age_s=3600, max_bytes=-1,
+                             deadletter_max_age_s=3600)
+        await asyncio.wait_for(waiting, 10)
+        await nc.close()
+
+    asyncio.run(scenario())

@@ -7,13 +7,16 @@ resent after a reconnect within the de-duplication window.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
-from nats.js.api import StorageType, StreamConfig
+import structlog
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError
+from nats.js.errors import NotFoundError
 
 from callmeter.v1 import runs_pb2
+
+log = structlog.get_logger(__name__)
 
 STREAM = "CALLMETER_METRICS"
 SUBJECT_PREFIX = "callmeter.metrics"
@@ -34,22 +37,24 @@ def batch_msg_id(worker_id: str, run_id: str, sequence: int) -> str:
     return f"{worker_id}:{run_id}:{sequence}"
 
 
-async def ensure_stream(js: JetStreamContext, replicas: int = 1, duplicate_window_s: float = 120.0,
-                        max_age_s: float = 7 * 86400.0, max_bytes: int = -1) -> None:
-    """Creates the stream or updates its limits; safe to call from every replica."""
-    config = StreamConfig(
-        name=STREAM,
-        subjects=[f"{SUBJECT_PREFIX}.>"],
-        storage=StorageType.FILE,
-        num_replicas=replicas,
-        duplicate_window=duplicate_window_s,
-        max_age=max_age_s,
-        max_bytes=max_bytes,
-    )
-    try:
-        await js.add_stream(config)
-    except BadRequestError:
-        await js.update_stream(config)
+#: How often a waiting publisher says it is still waiting for the stream.
+WAIT_LOG_EVERY_S = 10.0
+
+
+async def wait_for_stream(js: JetStreamContext, poll_s: float = 0.5) -> None:
+    """Returns once the stream exists. metrics-ingest alone creates it and sets its limits
+    (services/metrics/stream.py): a publisher that configured it too would reset them."""
+    waited = 0.0
+    while True:
+        try:
+            await js.stream_info(STREAM)
+            return
+        except NotFoundError:
+            if waited % WAIT_LOG_EVERY_S < poll_s:
+                log.warning("waiting_for_metrics_stream", stream=STREAM, waited_s=round(waited),
+                            hint="metrics-ingest creates it at its start")
+            await asyncio.sleep(poll_s)
+            waited += poll_s
 
 
 # The orchestrator tells metrics-ingest which test a run belongs to (for trends across runs):
