@@ -39,6 +39,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.set_defaults(handler=handle)
 
 
+def unwritable(path: Path) -> str | None:
+    """Why a report could not be written at ``path`` (nothing is created to find out), or None."""
+    import os
+
+    if path.is_dir():
+        return "is a directory"
+    if path.exists():
+        return None if os.access(path, os.W_OK) else "is not writable"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory" if parent.exists() else f"its directory {parent} does not exist"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"its directory {parent} is not writable"
+
+
 def positive_seconds(text: str) -> float:
     import math
 
@@ -61,6 +75,8 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.junit and not args.wait:
         return error("--junit needs --wait")
+    if args.junit and (problem := unwritable(args.junit)):
+        return error(f"--junit {args.junit}: {problem}")  # said before the run, not after it
     loaded = load_spec_and_target(args.file, args.api)
     if loaded is None:
         return ExitCode.ERROR

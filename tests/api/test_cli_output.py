@@ -183,3 +183,25 @@ def test_a_closed_output_is_one_line_and_exit_2() -> None:
         process.stdout.close()
         err = process.stderr.read().decode()
     assert process.returncode == 2 and err == "callmeter: error: the output was closed before everything was written\n", err
+
+
+@pytest.mark.parametrize("where, problem", [("missing/report.xml", "does not exist"), (".", "is a directory"),
+                                            ("locked/report.xml", "is not writable")])
+def test_an_unwritable_junit_path_is_refused_before_the_run_starts(where: str, problem: str, tmp_path, monkeypatch,  # type: ignore[no-untyped-def]
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Seen: the run went to its end, then the report could not be written (a traceback)."""
+    import os
+
+    from callmeter.cli.main import main
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):  # root writes anywhere: a file in its place stands for the lock
+        locked.rmdir()
+        locked.write_text("")
+        where, problem = "locked/report.xml", "is not a directory"
+    monkeypatch.setenv("CALLMETER_API", "127.0.0.1:9")  # nothing listens: a run started would fail otherwise
+    example = Path(__file__).parents[2] / "examples" / "selfcall.yaml"
+    assert main(["run", str(example), "--wait", "--junit", str(tmp_path / where)]) == ExitCode.ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("callmeter: error: --junit ") and problem in err[0], err
