@@ -3,8 +3,9 @@ every run from what is stored: nothing about a run lives only in memory.
 
 QUEUED ─submit→ DISPATCHING ─every placement sent→ RUNNING ─all placements ended→
 COLLECTING ─summary read→ FINISHED. While RUNNING, the start's second phase: once every worker has
-prepared its part, each group is told when to begin (callmeter/common/start_waves.py). No capacity → FAILED; a user's cancel → CANCELLED; the
-deadline → TIMED_OUT. Cancelled and timed-out runs keep their summary but are not judged (ERROR).
+prepared its part, each group is told when to begin (callmeter/common/start_waves.py). No
+capacity → FAILED; a user's cancel → CANCELLED; the deadline → TIMED_OUT. Cancelled and
+timed-out runs keep their summary but are not judged (ERROR).
 Placements are pending (ASSIGNMENT_STATE_UNSPECIFIED) until their assignment is delivered.
 """
 

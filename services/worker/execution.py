@@ -125,8 +125,12 @@ class RunExecution:
             chosen = (here if not groups else here & groups) - told
             if chosen:
                 told |= chosen
-                await engine.send(engine_pb2.EngineCommand(begin=engine_pb2.EngineBegin(
-                    start_at=start_at, groups=sorted(chosen))))
+                try:
+                    await engine.send(engine_pb2.EngineCommand(begin=engine_pb2.EngineBegin(
+                        start_at=start_at, groups=sorted(chosen))))
+                except (OSError, RuntimeError) as exc:  # it died meanwhile: its own loop reports that
+                    log.warning("engine_begin_not_sent", run_id=self.run_id, engine=engine.name, error=str(exc))
+                    return
 
     def _settle(self) -> None:
         """One more engine prepared or lost: once all are, the part is prepared (or begins)."""
