@@ -75,7 +75,7 @@ from callmeter.v1 import common_pb2, results_pb2, runs_pb2, tests_pb2, workers_p
 from services.worker.engines import probe_engine
 from services.worker.execution import RunExecution
 from services.worker.settings import WorkerSettings
-from services.worker.supervisor import Supervisor, capacity_from
+from services.worker.supervisor import Supervisor, capacity_from, capacity_text
 
 log = structlog.get_logger(__name__)
 
@@ -449,11 +449,12 @@ async def run_local(settings: WorkerSettings, spec: tests_pb2.TestSpec, lines: J
     """Probes the engine, checks the spec, runs it through a Supervisor, prints the summary."""
     stop = install_signal_handlers()
     lines.on_closed = stop.set
-    capacity = capacity_from(await probe_engine(), settings.max_engines)
+    capacity = capacity_from(await probe_engine(), settings)
     if capacity.max_endpoints < 1:
         raise CallmeterError(ErrorCode.FAILED_PRECONDITION, "no SIP engine could start on this machine; see the log")
-    log.info("capacity", max_endpoints=capacity.max_endpoints, codecs=list(capacity.codecs),
-             engine_max_calls=capacity.engine_max_calls, engine_max_accounts=capacity.engine_max_accounts)
+    log.info("capacity", offers=capacity_text(capacity, settings), max_endpoints=capacity.max_endpoints,
+             codecs=list(capacity.codecs), engine_max_calls=capacity.engine_max_calls,
+             engine_max_accounts=capacity.engine_max_accounts)
     problems = check_spec(spec, capacity)
     if problems:
         raise SpecError(problems)

@@ -21,7 +21,7 @@ from services.worker.engines import probe_engine
 from services.worker.health import WorkerStatus, start_health_server
 from services.worker.link import GatewayLink
 from services.worker.settings import WorkerSettings
-from services.worker.supervisor import Supervisor, capacity_from
+from services.worker.supervisor import Supervisor, capacity_from, capacity_text
 
 log = structlog.get_logger(__name__)
 
@@ -48,9 +48,10 @@ async def _run(settings: WorkerSettings) -> None:
         if settings.ca_file is not None and not settings.ca_file.is_file():
             raise ConfigError("CALLMETER_CA_FILE", f"cannot read {settings.ca_file}")
         stop = install_signal_handlers()
-        capacity = capacity_from(await probe_engine(), settings.max_engines)
-        log.info("capacity", max_endpoints=capacity.max_endpoints, codecs=list(capacity.codecs),
-                 engine_max_calls=capacity.engine_max_calls, engine_max_accounts=capacity.engine_max_accounts)
+        capacity = capacity_from(await probe_engine(), settings)
+        log.info("capacity", offers=capacity_text(capacity, settings), max_endpoints=capacity.max_endpoints,
+                 codecs=list(capacity.codecs), engine_max_calls=capacity.engine_max_calls,
+                 engine_max_accounts=capacity.engine_max_accounts)
         link: GatewayLink
         supervisor = Supervisor(settings, capacity, send=lambda message: link.send(message))
         link = GatewayLink(settings, status, capacity, on_message=supervisor.handle,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import structlog
 
 from callmeter.common.codecs import codec_names
+from callmeter.common.errors import ConfigError
 from callmeter.v1 import common_pb2, engine_pb2, workers_pb2
 from services.worker import credentials
 from services.worker.execution import RunExecution
@@ -28,15 +29,38 @@ FINISHED_KEPT = 50
 TRANSPORTS = [common_pb2.TRANSPORT_UDP, common_pb2.TRANSPORT_TCP, common_pb2.TRANSPORT_TLS]
 
 
-def capacity_from(ready: engine_pb2.EngineReady | None, max_engines: int) -> workers_pb2.WorkerCapacity:
-    """What this worker can run, from what a probe engine reported (nothing if none started)."""
+#: RTP and RTCP ports a calling endpoint needs: two pairs, its call's and the next one's while the
+#: first's are released. An engine gets its own range of its calls' worth (docs/engine.md).
+RTP_PORTS_PER_CALL = 4
+
+
+def capacity_from(ready: engine_pb2.EngineReady | None, settings: WorkerSettings) -> workers_pb2.WorkerCapacity:
+    """What this worker can run, from what a probe engine reported (nothing if none started):
+    ``CALLMETER_MAX_ENGINES`` engines, fewer if the RTP range cannot give each its calls' ports;
+    a range too small for one engine is a setting that cannot be used."""
     if ready is None:
         return workers_pb2.WorkerCapacity()
+    ports = settings.rtp_port_max - settings.rtp_port_min + 1
+    per_engine_ports = ready.max_calls * RTP_PORTS_PER_CALL
+    engines = min(settings.max_engines, ports // per_engine_ports)
+    if engines < 1:
+        raise ConfigError("CALLMETER_RTP_PORT_MIN", f"the RTP range {settings.rtp_port_min}-{settings.rtp_port_max} "
+                          f"(CALLMETER_RTP_PORT_MIN/_MAX) holds {ports} ports; one engine needs {per_engine_ports} "
+                          f"({ready.max_calls} calls × {RTP_PORTS_PER_CALL})")
     per_engine = min(ready.max_calls, ready.max_accounts)
     return workers_pb2.WorkerCapacity(
-        max_endpoints=per_engine * max_engines, codecs=list(ready.codecs), transports=TRANSPORTS,
+        max_endpoints=per_engine * engines, codecs=list(ready.codecs), transports=TRANSPORTS,
         srtp_keyings=[common_pb2.SRTP_KEYING_SDES], engine_max_calls=ready.max_calls,
-        engine_max_accounts=ready.max_accounts, max_engines=max_engines)
+        engine_max_accounts=ready.max_accounts, max_engines=engines)
+
+
+def capacity_text(capacity: workers_pb2.WorkerCapacity, settings: WorkerSettings) -> str:
+    """What the worker offers and what limits it, as said at start."""
+    per_engine = min(capacity.engine_max_calls, capacity.engine_max_accounts)
+    limit = (f"CALLMETER_MAX_ENGINES={settings.max_engines}" if capacity.max_engines == settings.max_engines else
+             f"the RTP range {settings.rtp_port_min}-{settings.rtp_port_max} gives {capacity.max_engines} engines of "
+             f"{capacity.engine_max_calls * RTP_PORTS_PER_CALL} ports each (CALLMETER_MAX_ENGINES={settings.max_engines})")
+    return f"{capacity.max_endpoints} endpoints: {capacity.max_engines} engines × {per_engine}, limited by {limit}"
 
 
 class Supervisor:
