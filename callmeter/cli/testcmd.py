@@ -30,13 +30,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def handle_validate(args: argparse.Namespace) -> int:
-    from callmeter.common.testspec import SpecError, load_spec_file
+    from callmeter.common.testspec import SpecError, load_spec_file, problem_lines
 
     try:
         spec = load_spec_file(args.file)
     except SpecError as error:
-        for problem in error.violations:
-            print(f"{args.file}: {problem.field}: {problem.description}", file=sys.stderr)
+        for line in problem_lines(args.file, list(error.violations)):
+            print(line, file=sys.stderr)
         return ExitCode.ERROR
     endpoints = sum(group.count for group in spec.groups)
     print(f"{args.file}: valid: test {spec.name!r}, {len(spec.groups)} groups, {endpoints} endpoints")
@@ -47,13 +47,13 @@ def load_spec_and_target(file: Path, api: str | None):  # type: ignore[no-untype
     """The parsed test file and the API to send it to, or None after printing why not."""
     from callmeter.cli.api_client import error, resolve_target
     from callmeter.common.errors import ConfigError
-    from callmeter.common.testspec import SpecError, load_spec_file
+    from callmeter.common.testspec import SpecError, load_spec_file, problem_lines
 
     try:
         return load_spec_file(file), resolve_target(api)
     except SpecError as problems:
-        for problem in problems.violations:
-            print(f"{file}: {problem.field}: {problem.description}", file=sys.stderr)
+        for line in problem_lines(file, list(problems.violations)):
+            print(line, file=sys.stderr)
     except ConfigError as config:
         error(config.detail)
     return None

@@ -30,11 +30,21 @@ def violation(field: str, description: str) -> common_pb2.FieldViolation:
     return common_pb2.FieldViolation(field=field, description=description)
 
 
+def problem_lines(file: Path, violations: list[common_pb2.FieldViolation]) -> list[str]:
+    """One line per problem of a test file: "FILE: FIELD: PROBLEM", or "FILE: PROBLEM" for the whole file."""
+    return [f"{file}: {v.description}" if v.field == str(file) else f"{file}: {v.field}: {v.description}"
+            for v in violations]
+
+
 def load_spec_file(path: Path) -> tests_pb2.TestSpec:
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise SpecError([violation(str(path), f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:  # a binary file, or text in another encoding
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise SpecError([violation(str(path), f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at line {line} "
+                                              "(a test file is YAML in UTF-8)")]) from None
     return parse_spec_yaml(text, source=str(path))
 
 
@@ -42,9 +52,16 @@ def parse_spec_yaml(text: str, source: str = "<spec>") -> tests_pb2.TestSpec:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError([violation(source, f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")]) from None
+        mark, position = getattr(exc, "problem_mark", None), getattr(exc, "position", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        else:  # a character YAML does not allow (a NUL, a control character): the reader says where
+            where = f" at line {text[:position].count(chr(10)) + 1}" if position is not None else ""
+        what = getattr(exc, "problem", None) or getattr(exc, "reason", None) or " ".join(str(exc).split())
+        character = getattr(exc, "character", None)
+        if isinstance(character, int):
+            what = f"{what} (#x{character:04x})"
+        raise SpecError([violation(source, f"not valid YAML{where}: {what}")]) from None
     if not isinstance(data, dict):
         raise SpecError([violation(source, "a test file must be a mapping of TestSpec fields")])
     problems: list[common_pb2.FieldViolation] = []

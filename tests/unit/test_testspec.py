@@ -59,3 +59,16 @@ def test_validate_command_reports_problems(tmp_path: Path) -> None:
     result = run_callmeter("test", "validate", str(bad))
     assert result.returncode == 2
     assert "groups[0].role: 'dancer' is not one of" in result.stderr
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"\xff\xfe\x00\x01binary", "not UTF-8 text: byte 0xff at line 1 (a test file is YAML in UTF-8)"),
+    (b"name: t\ndescription: caf\xe9\n", "not UTF-8 text: byte 0xe9 at line 2 (a test file is YAML in UTF-8)"),
+    (b"name: t\x00\n", "not valid YAML at line 1: special characters are not allowed (#x0000)"),
+])
+def test_a_binary_or_non_utf8_file_is_one_line_naming_it(content: bytes, problem: str, tmp_path: Path) -> None:
+    """Seen: a Python traceback (UnicodeDecodeError)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    result = run_callmeter("test", "validate", str(bad))
+    assert result.returncode == 2 and result.stderr == f"{bad}: {problem}\n", result.stderr
