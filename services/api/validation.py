@@ -24,6 +24,10 @@ MAX_GROUP_ENDPOINTS = 10_000
 # Longest run a test may ask for (TestSpec.timeout).
 MAX_TIMEOUT_S = 24 * 3600
 MAX_NAME_LENGTH = 255  # the column width of names in the state store
+# Seen: a 10 MB description was stored. Sizes a test may not exceed, each refused with its field.
+MAX_DESCRIPTION_LENGTH = 64 * 1024  # characters
+MAX_GROUPS = 100
+MAX_TEXT_LENGTH = 2048  # an address, URI, path or credential reference
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
@@ -72,8 +76,12 @@ def validate_spec(spec: tests_pb2.TestSpec, caps: Capabilities) -> list[common_p
     """Every problem of the spec; empty when it may be stored and run."""
     v = _Violations()
     _name(v, "name", spec.name)
+    if len(spec.description) > MAX_DESCRIPTION_LENGTH:
+        v.add("description", f"must be at most {MAX_DESCRIPTION_LENGTH} characters (got {len(spec.description)})")
     if not spec.groups:
         v.add("groups", "a test needs at least one group")
+    elif len(spec.groups) > MAX_GROUPS:
+        v.add("groups", f"at most {MAX_GROUPS} groups (got {len(spec.groups)})")
     groups = {group.name: group for group in spec.groups}
     seen: set[str] = set()
     for i, group in enumerate(spec.groups):
@@ -104,6 +112,12 @@ def _group(v: _Violations, path: str, group: tests_pb2.EndpointGroup,
     if not 1 <= group.count <= MAX_GROUP_ENDPOINTS:
         v.add(f"{path}.count", f"must be between 1 and {MAX_GROUP_ENDPOINTS} (got {group.count})")
     target = group.target
+    for field, text in (("target.aor", target.aor), ("target.registrar", target.registrar),
+                        ("target.proxy", target.proxy), ("target.call_uri", target.call_uri),
+                        ("target.auth_user", target.auth_user), ("credential_ref", group.credential_ref),
+                        ("media.wav_path", group.media.wav_path)):
+        if len(text) > MAX_TEXT_LENGTH:
+            v.add(f"{path}.{field}", f"must be at most {MAX_TEXT_LENGTH} characters (got {len(text)})")
     _known(v, f"{path}.role", common_pb2.EndpointRole, group.role)
     if group.role == common_pb2.ENDPOINT_ROLE_UNSPECIFIED:
         v.add(f"{path}.role", "required: caller, callee or registrar_only")

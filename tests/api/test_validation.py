@@ -146,3 +146,19 @@ def test_generated_valid_specs_pass(groups: list[tuple[int, str]]) -> None:
         spec.groups.add(name=f"callers{i}", count=count, role=common_pb2.ENDPOINT_ROLE_CALLER, codecs=[codec],
                         target=tests_pb2.SipTarget(call_uri=f"group:callees{i}"))
     assert validate_spec(spec, ENGINE) == []
+
+
+def test_sizes_beyond_the_limits_are_refused_with_their_field() -> None:
+    """Seen: a 10 MB description was stored."""
+    spec = valid_spec()
+    spec.description = "x" * (64 * 1024 + 1)
+    spec.groups[0].target.aor = "sip:" + "a" * 3000 + "@127.0.0.1"
+    found = fields(spec)
+    assert found["description"] == "must be at most 65536 characters (got 65537)"
+    assert found["groups[0].target.aor"] == "must be at most 2048 characters (got 3014)"
+    assert all(resolves(path) for path in found)
+    many = valid_spec()
+    for i in range(101 - len(many.groups)):
+        many.groups.append(tests_pb2.EndpointGroup(name=f"extra{i}", count=1, role=common_pb2.ENDPOINT_ROLE_REGISTRAR_ONLY,
+                                                   target=tests_pb2.SipTarget(registrar="sip:127.0.0.1")))
+    assert fields(many)["groups"] == "at most 100 groups (got 101)"
