@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from callmeter.common.testspec import SpecError, parse_spec_yaml, spec_to_yaml
+from callmeter.common.testspec import SpecError, load_spec_file, parse_spec_yaml, spec_to_yaml
 from callmeter.v1 import common_pb2, tests_pb2
 from tests.procs import ROOT, run_callmeter
 
@@ -72,3 +76,24 @@ def test_a_binary_or_non_utf8_file_is_one_line_naming_it(content: bytes, problem
     bad.write_bytes(content)
     result = run_callmeter("test", "validate", str(bad))
     assert result.returncode == 2 and result.stderr == f"{bad}: {problem}\n", result.stderr
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=400),
+                 st.text(max_size=300).map(str.encode),
+                 st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                              lambda children: st.lists(children, max_size=4)
+                              | st.dictionaries(st.sampled_from(["name", "groups", "count", "role", "target", "gates",
+                                                                 "scenario", "timeout", "codecs", "x"]) | st.text(max_size=8),
+                                                children, max_size=5),
+                              max_leaves=20).map(lambda data: yaml.safe_dump(data).encode())))
+def test_any_bytes_give_a_spec_or_a_spec_error_never_a_crash(content: bytes) -> None:
+    """The file reader on arbitrary bytes, text and YAML-shaped data: a TestSpec, or SpecError with
+    one-line problems; no other exception."""
+    with tempfile.NamedTemporaryFile(suffix=".yaml") as file:
+        file.write(content)
+        file.flush()
+        try:
+            load_spec_file(Path(file.name))
+        except SpecError as error:
+            assert error.violations and all("\n" not in v.description for v in error.violations), error.violations
