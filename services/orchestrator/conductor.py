@@ -108,8 +108,7 @@ class Conductor:
                 results_pb2.RunSummaryRequest(run_id=collect.run_id, groups=collect.groups), timeout=30)
         except grpc.aio.AioRpcError as exc:
             log.warning("summary_unavailable", run_id=collect.run_id, code=exc.code().name, detail=exc.details())
-            ended = await asyncio.to_thread(runs.ended_at, self.sessions, collect.run_id)
-            if ended is not None and (utcnow() - ended).total_seconds() > self.settings.collect_timeout_s:
+            if (utcnow() - collect.ended_at).total_seconds() > self.settings.collect_timeout_s:
                 await asyncio.to_thread(runs.fail, self.sessions, collect.run_id,
                                         f"the metrics store did not answer for {self.settings.collect_timeout_s:.0f} s")
             return

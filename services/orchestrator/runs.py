@@ -458,8 +458,3 @@ def fail(sessions: sessionmaker[Session], run_id: str, reason: str) -> None:
         run.reasons = [*run.reasons, reason]
         run.summary = results_pb2.RunSummary(run_id=run_id).SerializeToString()
 
-
-def ended_at(sessions: sessionmaker[Session], run_id: str) -> datetime | None:
-    with sessions() as session:
-        run = session.get(Run, run_id)
-        return run.ended_at if run else None

@@ -260,6 +260,17 @@ def test_a_worker_that_restarted_fails_at_once_the_parts_it_no_longer_runs(sessi
     assert run_row(sessions, run_id).state == "RUN_STATE_COLLECTING"
 
 
+def delivered_to_two_workers(sessions: sessionmaker[Session], spec: tests_pb2.TestSpec = SPEC) -> tuple[str, str, str]:
+    """A run placed on two new workers "w1" and "w2" (2 endpoints each) and delivered to both."""
+    first, second = admit(sessions, "w1", max_endpoints=2), admit(sessions, "w2", max_endpoints=2)
+    run_id = new_run(sessions, spec=spec)
+    runs.submit(sessions, run_id)
+    for dispatch in runs.pending_dispatches(sessions):
+        assert not dispatch.assignment.HasField("start_at"), "the first phase: prepare, then wait"
+        runs.mark_delivery(sessions, dispatch, delivered=True)
+    return run_id, first, second
+
+
 def starts(sessions: sessionmaker[Session], now: datetime) -> list[runs.Start]:
     return runs.due_starts(sessions, now, lead_s=1, prepare_wait_s=60, registration_wait_s=30)
 
@@ -269,12 +280,7 @@ def prepared(run_id: str) -> workers_pb2.AssignmentStatus:
 
 
 def test_a_run_begins_at_one_time_once_every_worker_has_prepared_its_part(sessions: sessionmaker[Session]) -> None:
-    first, second = admit(sessions, "w1", max_endpoints=2), admit(sessions, "w2", max_endpoints=2)
-    run_id = new_run(sessions)
-    runs.submit(sessions, run_id)
-    for dispatch in runs.pending_dispatches(sessions):
-        assert not dispatch.assignment.HasField("start_at"), "the first phase: prepare, then wait"
-        runs.mark_delivery(sessions, dispatch, delivered=True)
+    run_id, first, second = delivered_to_two_workers(sessions)
     now = utcnow()
     report(sessions, first, prepared(run_id))
     assert starts(sessions, now) == [], "w2 has not prepared yet"
@@ -289,11 +295,7 @@ def test_a_run_begins_at_one_time_once_every_worker_has_prepared_its_part(sessio
 
 
 def test_a_part_not_prepared_in_time_does_not_hold_the_others_back(sessions: sessionmaker[Session]) -> None:
-    first, _ = admit(sessions, "w1", max_endpoints=2), admit(sessions, "w2", max_endpoints=2)
-    run_id = new_run(sessions)
-    runs.submit(sessions, run_id)
-    for dispatch in runs.pending_dispatches(sessions):
-        runs.mark_delivery(sessions, dispatch, delivered=True)
+    run_id, first, _ = delivered_to_two_workers(sessions)
     report(sessions, first, prepared(run_id))
     assert starts(sessions, utcnow() + timedelta(seconds=59)) == []
     assert len(starts(sessions, utcnow() + timedelta(seconds=61))) == 2, "the late one begins when it can"
@@ -310,11 +312,7 @@ REGISTERING = tests_pb2.TestSpec(name="pbx", groups=[
 
 def test_callers_of_a_registering_group_begin_once_it_has_registered(sessions: sessionmaker[Session]) -> None:
     """Seen: under load callers INVITEd before their callees had registered, and the registrar said 404."""
-    callee_worker, caller_worker = admit(sessions, "w1", max_endpoints=2), admit(sessions, "w2", max_endpoints=2)
-    run_id = new_run(sessions, spec=REGISTERING)
-    runs.submit(sessions, run_id)
-    for dispatch in runs.pending_dispatches(sessions):
-        runs.mark_delivery(sessions, dispatch, delivered=True)
+    run_id, callee_worker, caller_worker = delivered_to_two_workers(sessions, REGISTERING)
     for worker_id in (callee_worker, caller_worker):
         report(sessions, worker_id, prepared(run_id))
     now = utcnow()
@@ -333,12 +331,9 @@ def test_callers_of_a_registering_group_begin_once_it_has_registered(sessions: s
 
 
 def test_callers_begin_when_the_registration_wait_is_over_and_say_why(sessions: sessionmaker[Session]) -> None:
-    callee_worker, _ = admit(sessions, "w1", max_endpoints=2), admit(sessions, "w2", max_endpoints=2)
-    run_id = new_run(sessions, spec=REGISTERING)
-    runs.submit(sessions, run_id)
-    for dispatch in runs.pending_dispatches(sessions):
-        runs.mark_delivery(sessions, dispatch, delivered=True)
-        report(sessions, dispatch.worker_id, prepared(run_id))
+    run_id, callee_worker, caller_worker = delivered_to_two_workers(sessions, REGISTERING)
+    for worker_id in (callee_worker, caller_worker):
+        report(sessions, worker_id, prepared(run_id))
     now = utcnow()
     runs.mark_begun(sessions, starts(sessions, now)[0])
     report(sessions, callee_worker, workers_pb2.AssignmentStatus(
