@@ -15,9 +15,9 @@ from tests.procs import base_env, callmeter_command, eventually, http_get
 SERVICES = ("nats-server", "metrics", "orchestrator", "gateway", "api", "worker")
 
 
-def start_up(data_dir: Path, profile: Path, output: Path) -> subprocess.Popen[bytes]:
+def start_up(data_dir: Path, profile: Path, output: Path, *args: str) -> subprocess.Popen[bytes]:
     env = base_env(CALLMETER_PROFILE=str(profile))
-    return subprocess.Popen(callmeter_command("up", "--data-dir", str(data_dir), "--auto-ports"), env=env,
+    return subprocess.Popen(callmeter_command("up", "--data-dir", str(data_dir), "--auto-ports", *args), env=env,
                             stdout=output.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 

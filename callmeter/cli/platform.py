@@ -5,7 +5,7 @@ Layout of DATA_DIR (reused by the next `up`):
   state.db     SQLite configuration and state
   metrics/     chDB metrics store (owned by metrics-ingest)
   nats/        the embedded nats-server's JetStream store and log
-  secrets/     the local worker's token (0600)
+  secrets/     the local worker's token; the owner's until `up` has shown it (0600)
   logs/        one log file per service
   run/         ready files the services write once serving
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -68,7 +69,7 @@ def rss_bytes(pid: int) -> int:
 
 class Platform:
     def __init__(self, data_dir: Path, auto_ports: bool = False, with_worker: bool = True,
-                 log_level: str = "info", database_url: str | None = None) -> None:
+                 log_level: str = "info", database_url: str | None = None, new_owner_token: bool = False) -> None:
         self.data_dir = data_dir.resolve()
         self._database_url = database_url  # the embedded SQLite file when None
         self.auto_ports = auto_ports
@@ -76,8 +77,9 @@ class Platform:
         self.log_level = log_level
         self.nats: EmbeddedNats | None = None
         self.children: dict[str, Child] = {}
+        self._new_owner_token = new_owner_token  # revoke the owner's bootstrap token, make a new one
+        #: The owner's secret until it has been shown: made now, or kept from a start that failed.
         self.owner_token: str | None = None
-        self.new_owner_token = False
         self.started_in_s = 0.0
 
     # -- paths and ports --------------------------------------------------------------
@@ -88,6 +90,21 @@ class Platform:
 
     def _prometheus_port(self, name: str) -> int:
         return 0 if self.auto_ports else PROMETHEUS_PORTS[name]
+
+    def _check_ports_free(self) -> None:
+        """A fixed port in use stops the start before anything is created."""
+        ports = [("nats-server", DEFAULT_PORTS["nats"])]
+        ports += [(name, DEFAULT_PORTS[name]) for name in SERVICE_ORDER if name != "worker" or self.with_worker]
+        ports += [(f"{name} /metrics", port) for name, port in PROMETHEUS_PORTS.items()]
+        for what, port in ports:
+            with socket.socket() as sock:
+                # As the services bind: connections of an earlier `up` in TIME_WAIT are no conflict.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError as exc:
+                    raise ConfigError(what, f"cannot listen on port {port} of 127.0.0.1 ({exc.strerror}); "
+                                            "stop what holds it, or pass --auto-ports") from None
 
     @property
     def database_url(self) -> str:
@@ -100,6 +117,8 @@ class Platform:
     # -- start ------------------------------------------------------------------------
     def start(self) -> None:
         began = time.monotonic()
+        if not self.auto_ports:
+            self._check_ports_free()
         for sub in ("logs", "run", "secrets"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         pki = ensure_dev_pki(self.data_dir / "tls")
@@ -137,7 +156,11 @@ class Platform:
         self.started_in_s = time.monotonic() - began
 
     def _bootstrap_state(self) -> str:
-        """Migrates the state store and creates the local owner and worker tokens on first start."""
+        """Migrates the state store and creates the local owner and worker tokens on first start.
+
+        A new owner secret is kept in secrets/ in the same transaction, so that a start failing
+        later leaves it to the next one; `owner_token_shown` forgets it.
+        """
         from callmeter.state.bootstrap import bootstrap_local
         from callmeter.state.migrate import upgrade
 
@@ -146,15 +169,24 @@ class Platform:
             upgrade(engine)
             token_file = self.data_dir / "secrets" / "worker-token"
             result = bootstrap_local(engine, existing_worker_token=token_file.read_text().strip()
-                                     if token_file.exists() else None)
+                                     if token_file.exists() else None, new_owner_token=self._new_owner_token,
+                                     keep_owner_secret=lambda secret: keep_secret(self._owner_token_file, secret))
         finally:
             engine.dispose()
         if result.worker_token_secret is not None:
-            token_file.touch(mode=0o600)
-            token_file.write_text(result.worker_token_secret + "\n")
-        self.owner_token = result.owner_token_secret
-        self.new_owner_token = result.owner_token_secret is not None
+            keep_secret(token_file, result.worker_token_secret)
+        if self._owner_token_file.exists():
+            self.owner_token = self._owner_token_file.read_text().strip()
         return token_file.read_text().strip()
+
+    @property
+    def _owner_token_file(self) -> Path:
+        return self.data_dir / "secrets" / "owner-token"
+
+    def owner_token_shown(self) -> None:
+        """The owner's secret has been shown and saved in the CLI profile: it is no longer kept."""
+        self._owner_token_file.unlink(missing_ok=True)
+        self.owner_token = None
 
     def _spawn(self, name: str, env: dict[str, str], address: str) -> Child:
         ready_file = self.data_dir / "run" / f"{name}.ready"
@@ -197,7 +229,9 @@ class Platform:
     def _check_alive(child: Child) -> None:
         if child.process.poll() is not None:
             tail = child.log_file.read_text(errors="replace").strip().splitlines()[-1:] if child.log_file.exists() else []
-            raise ConfigError(child.name, f"exited with code {child.process.returncode}: {tail[0] if tail else ''} "
+            # A child's one-line error already starts with "callmeter: error: ".
+            reason = tail[0].removeprefix("callmeter: error: ") if tail else ""
+            raise ConfigError(child.name, f"exited with code {child.process.returncode}: {reason} "
                                           f"(log: {child.log_file})")
 
     # -- run and stop -------------------------------------------------------------------
@@ -238,6 +272,17 @@ class Platform:
         if self.nats is not None:
             self.nats.stop()
         return codes
+
+
+def keep_secret(path: Path, secret: str) -> None:
+    """Writes the secret readable by this user only, atomically; a failure is a ConfigError."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.touch(mode=0o600)
+        tmp.write_text(secret + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        raise ConfigError("", f"cannot keep a token in {path} ({exc.filename}: {exc.strerror})") from None
 
 
 def worker_ready(address: str) -> bool:

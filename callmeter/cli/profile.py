@@ -29,12 +29,17 @@ def profile_path() -> Path:
 
 
 def write_profile(profile: Profile) -> Path:
+    """Atomically, readable by this user only; a profile that cannot be written is a ConfigError."""
     path = profile_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.touch(mode=0o600)
-    tmp.write_text(json.dumps(asdict(profile), indent=2) + "\n")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.touch(mode=0o600)
+        tmp.write_text(json.dumps(asdict(profile), indent=2) + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        raise ConfigError("CALLMETER_PROFILE", f"cannot write the CLI profile {path} ({exc.filename}: {exc.strerror}); "
+                                               "point CALLMETER_PROFILE at a writable file") from None
     return path
 
 

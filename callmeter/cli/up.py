@@ -16,6 +16,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "up", help="run the whole platform on this machine (embedded stores, a local worker)",
         description="Start NATS, the five services and a local worker on embedded defaults; Ctrl-C stops them.")
     add_platform_arguments(parser)
+    parser.add_argument("--new-owner-token", action="store_true",
+                        help="revoke the owner token `up` made for this data directory and show a new one "
+                             "(when the first one was lost)")
     parser.set_defaults(handler=handle)
 
 
@@ -40,26 +43,38 @@ def print_status(platform) -> None:  # type: ignore[no-untyped-def]
 
 
 def start_platform(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """Starts the platform, prints its table, writes the CLI profile; ConfigError propagates."""
+    """Starts the platform, prints its table, writes the CLI profile; on a ConfigError (it
+    propagates) nothing is left running and an owner token not yet shown stays for the next start."""
     from callmeter.cli.platform import Platform
+
+    platform = Platform(args.data_dir, auto_ports=args.auto_ports, with_worker=not args.no_worker,
+                        log_level=args.log_level, new_owner_token=args.new_owner_token)
+    platform.start()
+    try:
+        print_status(platform)
+        save_profile(platform)
+    except BaseException:
+        platform.stop()
+        raise
+    return platform
+
+
+def save_profile(platform) -> None:  # type: ignore[no-untyped-def]
+    """The platform's address in the CLI profile, with the owner token if one waits to be shown."""
     from callmeter.cli.profile import Profile, read_profile, write_profile
     from callmeter.common.errors import ConfigError
 
-    platform = Platform(args.data_dir, auto_ports=args.auto_ports, with_worker=not args.no_worker,
-                        log_level=args.log_level)
-    platform.start()
-    print_status(platform)
-    if platform.new_owner_token:
-        path = write_profile(Profile(api=platform.api_address, token=platform.owner_token or ""))
-        print(f"owner API token (shown once; saved in the CLI profile {path}):\n  {platform.owner_token}")
-    else:
-        try:
-            previous = read_profile()
-        except ConfigError:  # a corrupt profile holds no token worth keeping
-            previous = None
-        if previous is not None:
-            write_profile(Profile(api=platform.api_address, token=previous.token, ca_file=previous.ca_file))
-    return platform
+    if platform.owner_token:
+        path = write_profile(Profile(api=platform.api_address, token=platform.owner_token))
+        print(f"owner API token (shown once; saved in the CLI profile {path}):\n  {platform.owner_token}", flush=True)
+        platform.owner_token_shown()
+        return
+    try:
+        previous = read_profile()
+    except ConfigError:  # a corrupt profile holds no token worth keeping
+        previous = None
+    if previous is not None:
+        write_profile(Profile(api=platform.api_address, token=previous.token, ca_file=previous.ca_file))
 
 
 def handle(args: argparse.Namespace) -> int:
