@@ -6,6 +6,7 @@ Installed by `make system-deps` (which `make test` runs): a missing one fails, i
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,8 +42,10 @@ loadmodule "textops.so"
 loadmodule "siputils.so"
 loadmodule "auth.so"
 loadmodule "cfgutils.so"
+loadmodule "htable.so"
 modparam("usrloc", "db_mode", 0)
-request_route {{
+modparam("htable", "htable", "passwords=>size=8;")
+{passwords}request_route {{
     if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
     if (has_totag()) {{
         if (loose_route()) {{ t_relay(); exit; }}
@@ -51,7 +54,9 @@ request_route {{
     }}
     if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
     if (is_method("REGISTER")) {{
-        if (!pv_www_authenticate("$td", "{password}", "0")) {{ www_challenge("$td", "0"); exit; }}
+        $var(password) = "{password}";
+        if ($sht(passwords=>$au) != $null) {{ $var(password) = $sht(passwords=>$au); }}
+        if (!pv_www_authenticate("$td", "$var(password)", "0")) {{ www_challenge("$td", "0"); exit; }}
         {slow_register}save("location");
         exit;
     }}
@@ -63,10 +68,11 @@ request_route {{
 
 
 @contextmanager
-def kamailio(tmp_path: Path, children: int = 1, slow_register: tuple[str, float] | None = None) -> Iterator[int]:
+def kamailio(tmp_path: Path, children: int = 1, slow_register: tuple[str, float] | None = None,
+             passwords: dict[str, str] | None = None) -> Iterator[int]:
     """A running Kamailio; yields its port (UDP and TCP). ``slow_register`` = (user prefix,
     seconds): the registrar takes that long to accept the REGISTERs of those users, as a loaded
-    one does."""
+    one does. ``passwords``: user → password for digest auth; any other user has PASSWORD."""
     if not os.path.exists(KAMAILIO) or not os.path.isdir(MODULES):
         pytest.fail("kamailio is not installed (make system-deps)")
     with socket.socket() as sock:
@@ -76,9 +82,15 @@ def kamailio(tmp_path: Path, children: int = 1, slow_register: tuple[str, float]
     if slow_register is not None:
         prefix, seconds = slow_register
         slow = f'if ($tU =~ "^{prefix}") {{ usleep("{round(seconds * 1e6)}"); }}\n        '
+    entries = ""
+    if passwords:
+        if not all(re.fullmatch(r"[\w-]+", user + password) for user, password in passwords.items()):
+            raise ValueError("users and passwords for kamailio() are letters, digits, '_' and '-'")
+        entries = "".join(f'    $sht(passwords=>{user}) = "{password}";\n' for user, password in passwords.items())
+        entries = f"event_route[htable:mod-init] {{\n{entries}}}\n"
     config = tmp_path / "kamailio.cfg"
     config.write_text(CONFIG.format(port=port, modules=MODULES, password=PASSWORD, children=children,
-                                    slow_register=slow))
+                                    slow_register=slow, passwords=entries))
     log = tmp_path / "kamailio.log"
     proc = subprocess.Popen([KAMAILIO, "-f", str(config), "-DD", "-E", "-P", str(tmp_path / "kamailio.pid")],
                             stdout=subprocess.DEVNULL, stderr=log.open("wb"), start_new_session=True)

@@ -122,6 +122,11 @@ def fill(pattern: str, n: int) -> str:
     return pattern.replace("{n}", str(n))
 
 
+def credential_key(ref: str, n: int) -> str:
+    """The EngineStart.credentials key of number n of credential ref's table (names have no "#")."""
+    return f"{ref}#{n}"
+
+
 def codec_names(codec_ids: list[str]) -> list[str]:
     """The names a spec may use, from the wheel's codec ids ("speex/16000/1" -> "speex")."""
     return list(dict.fromkeys(codec_id.split("/", 1)[0] for codec_id in codec_ids))
@@ -189,7 +194,7 @@ def plan_start(start: engine_pb2.EngineStart, codec_ids: list[str], limits: Limi
         if group is None:
             errors += [PlanError(piece.group, i, f"the spec has no group named {piece.group!r}") for i in indexes]
             continue
-        problem = _group_problem(group, groups, start)
+        problem = _group_problem(group, groups)
         if problem is None and group.codecs:
             order, unknown = resolve_codecs(list(group.codecs), codec_ids)
             if unknown:
@@ -204,6 +209,12 @@ def plan_start(start: engine_pb2.EngineStart, codec_ids: list[str], limits: Limi
             errors += [PlanError(group.name, i, problem) for i in indexes]
             continue
         for index in indexes:
+            n = index + group.target.number_start
+            credential = _credential(start, group.credential_ref, n) if group.credential_ref else None
+            if group.credential_ref and credential is None:
+                errors.append(PlanError(group.name, index, f"credential {group.credential_ref!r} of group "
+                                        f"{group.name!r} has no password for number {n} on this worker"))
+                continue
             takes_calls = group.role != common_pb2.ENDPOINT_ROLE_REGISTRAR_ONLY
             if accounts >= limits.max_accounts:
                 errors.append(PlanError(group.name, index, f"engine limit: at most {limits.max_accounts} endpoints "
@@ -215,17 +226,15 @@ def plan_start(start: engine_pb2.EngineStart, codec_ids: list[str], limits: Limi
                 continue
             accounts += 1
             calling += takes_calls
-            phones.append(_phone(group, index, groups, start, expected.get((group.name, index)), local_host))
+            phones.append(_phone(group, index, groups, start, credential, expected.get((group.name, index)),
+                                 local_host))
     return Plan(phones, codec_order, errors)
 
 
-def _group_problem(group: tests_pb2.EndpointGroup, groups: dict[str, tests_pb2.EndpointGroup],
-                   start: engine_pb2.EngineStart) -> str | None:
+def _group_problem(group: tests_pb2.EndpointGroup, groups: dict[str, tests_pb2.EndpointGroup]) -> str | None:
     target = group.target
     if group.role == common_pb2.ENDPOINT_ROLE_UNSPECIFIED:
         return f"group {group.name!r} has no role"
-    if group.credential_ref and group.credential_ref not in start.credentials:
-        return f"credential {group.credential_ref!r} of group {group.name!r} is not defined on this worker"
     if group.srtp not in (common_pb2.SRTP_MODE_UNSPECIFIED, common_pb2.SRTP_MODE_OFF) and \
             (group.srtp_keying or common_pb2.SRTP_KEYING_SDES) not in SRTP_KEYINGS:
         return (f"group {group.name!r} asks for {common_pb2.SrtpKeying.Name(group.srtp_keying)}, which this engine's "
@@ -276,7 +285,8 @@ def _expected_calls(spec: tests_pb2.TestSpec) -> dict[tuple[str, int], tuple[int
 
 
 def _phone(group: tests_pb2.EndpointGroup, index: int, groups: dict[str, tests_pb2.EndpointGroup],
-           start: engine_pb2.EngineStart, expected: tuple[int, float] | None, local_host: str) -> PhonePlan:
+           start: engine_pb2.EngineStart, credential: engine_pb2.Credential | None,
+           expected: tuple[int, float] | None, local_host: str) -> PhonePlan:
     target, scenario = group.target, group.scenario
     transport = group.transport or common_pb2.TRANSPORT_UDP
     n = index + target.number_start
@@ -295,7 +305,7 @@ def _phone(group: tests_pb2.EndpointGroup, index: int, groups: dict[str, tests_p
         group=group.name, index=index, role=group.role, transport=transport, local_port=local_port,
         aor=with_transport(aor, transport), registrar=registrar,
         proxy=sip_uri(target.proxy, transport, loose_route=True) if target.proxy else "",
-        auth=_auth(group, start, aor, n), register_expiry_s=expiry, refresh_before_s=refresh_before,
+        auth=_auth(group, credential, aor, n), register_expiry_s=expiry, refresh_before_s=refresh_before,
         unregister_at_end=scenario.unregister_at_end, media=media,
         srtp=group.srtp or common_pb2.SRTP_MODE_OFF, srtp_keying=group.srtp_keying or common_pb2.SRTP_KEYING_SDES,
         run_for_s=seconds(start.spec.timeout) or None,
@@ -329,11 +339,19 @@ def _call_uri(group: tests_pb2.EndpointGroup, index: int, groups: dict[str, test
     return fill(pattern, index % callee.count + callee.target.number_start)
 
 
-def _auth(group: tests_pb2.EndpointGroup, start: engine_pb2.EngineStart, aor: str, n: int) -> Auth | None:
-    if not group.credential_ref:
+def _credential(start: engine_pb2.EngineStart, ref: str, n: int) -> engine_pb2.Credential | None:
+    """Number n's entry of the credential's table, else the credential itself (a {n} pattern)."""
+    for key in (credential_key(ref, n), ref):
+        if key in start.credentials:
+            return start.credentials[key]
+    return None
+
+
+def _auth(group: tests_pb2.EndpointGroup, credential: engine_pb2.Credential | None, aor: str,
+          n: int) -> Auth | None:
+    if credential is None:
         return None
-    credential = start.credentials[group.credential_ref]
-    user = fill(group.target.auth_user, n) if group.target.auth_user else credential.username
+    user = fill(group.target.auth_user or credential.username, n)
     if not user:
         user = re.sub(r"^sips?:", "", aor).split("@", 1)[0]
-    return Auth(username=user, password=credential.password, realm=credential.realm or "*")
+    return Auth(username=user, password=fill(credential.password, n), realm=credential.realm or "*")
