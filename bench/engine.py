@@ -866,14 +866,14 @@ _STAMP_OK = 'save("location");\n        xlog("L_ERR", "registered $TV(Sn) $ci\\n
 def kamailio(tmp: Path, ports: Ports) -> Iterator[Kamailio]:
     """Kamailio on loopback with the registrar test's configuration (digest auth, usrloc in
     memory, one UDP worker), plus a log line with a timestamp per REGISTER in and accepted."""
-    from tests.worker.test_engine_registrar import CONFIG, KAMAILIO, MODULES, PASSWORD
+    from tests.worker.kamailio import CONFIG, KAMAILIO, MODULES, PASSWORD
 
     config = CONFIG.replace('loadmodule "auth.so"', 'loadmodule "auth.so"\nloadmodule "xlog.so"')
-    config = config.replace("children=1", f"children={KAMAILIO_CHILDREN}")
     config = config.replace('if (is_method("REGISTER")) {{', _STAMP_IN).replace('save("location");', _STAMP_OK)
     port = ports.sip()
     path = tmp / "kamailio.cfg"
-    path.write_text(config.format(port=port, modules=MODULES, password=PASSWORD))
+    path.write_text(config.format(port=port, modules=MODULES, password=PASSWORD, children=KAMAILIO_CHILDREN,
+                                  slow_register="", passwords=""))
     log = tmp / "kamailio.log"
     proc = subprocess.Popen([KAMAILIO, "-f", str(path), "-DD", "-E", "-P", str(tmp / "kamailio.pid")],
                             stdout=subprocess.DEVNULL, stderr=log.open("wb"), start_new_session=True)
@@ -1062,7 +1062,7 @@ def sipp_setups(tmp: Path, ports: Ports, uas: Sipp) -> Rate:
 
 
 def run() -> None:
-    from tests.worker.test_engine_registrar import KAMAILIO
+    from tests.worker.kamailio import KAMAILIO
 
     began = time.monotonic()
     missing = [name for name, path in (("sipp", SIPP), ("kamailio", KAMAILIO)) if not os.access(path, os.X_OK)]

@@ -10,14 +10,16 @@ Values travel as integers in a fixed unit (``scale`` says how many units make on
 so that a quiet endpoint-second costs a few bytes: proto3 omits zeros, varints stay short. An
 in-call endpoint-second must stay within 250 bytes on the stream (tests/worker/test_catalog_real.py
 measures it): choose units whose usual values are small, and report 0 where nothing happened.
+``sample_values`` gives a sample back in units, telling a measured 0 from a metric not measured.
 
 Every metric is measured or derived from pjsua2 (``source`` names where from); none is padding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 ProtoType = Literal["uint32", "sint32", "uint64", "bool"]
 Kind = Literal["gauge", "counter", "state"]
@@ -322,6 +324,53 @@ METRICS: tuple[Metric, ...] = (
        "time.process_time() of the engine process over the second (engine.py)"),
     _m("worker_lag_ms", "uint32", "gauge", "ms", "How late the worker's supervisor loop ran in the second (worst "
        "wake-up of a 50 ms timer).", "services/worker/loop_lag.py"),
+    # The endpoint's outcome so far (callmeter/common/outcomes.py): its newest sample holds how it ended.
+    _m("outcome", "uint32", "state", "", "How the endpoint's scenario has gone so far: 0 running without a "
+       "failure, 1 success, 2 warnings, 3 registration failed, 4 call failed, 5 negotiation failed, 6 timeout, "
+       "7 teardown error, 8 not called, 9 engine error (callmeter.v1.EndpointOutcome). The first failure decides it.",
+       "the scenario driver (scenario.py)"),
+    _m("outcome_code", "uint32", "state", "", "The final SIP code received with the failure that decided the "
+       "outcome; 0 when there was none (a timeout, a local error).", "the scenario driver (scenario.py)"),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+
+
+# When a metric's 0 is a measurement (a value other than 0 always is), for sample_values. Without
+# an entry: a counter's 0 always is (nothing happened), a gauge's or a state's while a call is connected.
+_ZERO_MEASURED: dict[str, Callable[[Any], bool]] = {
+    **dict.fromkeys(("registered", "call_active", "call_state", "outcome"), lambda m: True),
+    # 0 is no event in the second, no SIP code, nothing computed (a MOS is never below 1)
+    **dict.fromkeys(("register_last_code", "call_last_code", "call_end_code", "outcome_code", "register_time_ms",
+                     "setup_time_ms", "ring_time_ms", "trying_time_ms", "answer_time_ms", "ack_time_ms",
+                     "call_fail_time_ms", "reinvite_time_ms", "info_time_ms", "dtmf_received_duration_ms",
+                     "media_start_ms", "first_rtp_ms", "rtcp_tx_interval_s", "rtcp_rx_interval_s", "call_setup_s",
+                     "dtmf_tx_pt", "dtmf_rx_pt", "mos", "mos_lq", "tx_mos", "tx_mos_lq", "rtt_us",
+                     *(f"{d}_loss_period_{p}_ms" for d in ("rx", "tx") for p in ("min", "mean", "max", "last")),
+                     "engine_lag_ms", "engine_cpu_pct", "worker_lag_ms"), lambda m: False),
+    **dict.fromkeys(("register_refresh_in_s", "register_expiry_left_s", "register_granted_s", "register_bindings"),
+                    lambda m: m.registered),
+    "rx_loss_pct": lambda m: m.rx_packets + m.rx_lost > 0,
+    # The E-model's parts when it rated the second; the far end's figures once it has reported.
+    **dict.fromkeys(("r_factor", "r_factor_lq", "emodel_delay_ms", "emodel_id", "emodel_ie_eff", "emodel_burst_r"),
+                    lambda m: m.mos > 0),
+    **dict.fromkeys(("tx_emodel_delay_ms", "tx_emodel_id", "tx_emodel_ie_eff", "tx_loss_pct", "tx_jitter_us",
+                     "tx_jitter_min_ms", "tx_jitter_mean_ms", "tx_jitter_max_ms"), lambda m: m.tx_mos > 0),
+    **dict.fromkeys(("rtt_min_ms", "rtt_mean_ms", "rtt_max_ms"), lambda m: m.rtt_us > 0),
+}
+
+
+def sample_values(metrics: Any) -> dict[str, float | int | bool]:
+    """An ``EndpointMetrics`` message as people and scripts read it: each measured metric in its
+    unit (``mos`` 4.38, ``clock_rate_khz`` 8.0, ``rx_jitter_us`` in ms as the catalog gives it),
+    in catalog order, a 0 included where it was measured; a metric not measured in the second
+    (no call for a quality figure, no event for a time, no RTCP round trip yet) is left out.
+    Every output of single samples uses this (`callmeter worker --local`'s sample lines)."""
+    values: dict[str, float | int | bool] = {}
+    for metric in METRICS:
+        stored = getattr(metrics, metric.name)
+        rule = _ZERO_MEASURED.get(metric.name)
+        zero_measured = rule(metrics) if rule else metric.kind == "counter" or metrics.call_active
+        if not metric.deprecated and (stored or zero_measured):
+            values[metric.name] = stored if metric.scale == 1 else stored / metric.scale
+    return values

@@ -223,6 +223,9 @@ def format_result(run: runs_pb2.Run, summary: results_pb2.RunSummary) -> str:
     from callmeter.common.verdict import observed_text
 
     parts = [summary_table(summary.groups, summary.total if summary.HasField("total") else None)]
+    outcome_lines = outcomes_lines(summary)
+    if outcome_lines:
+        parts.append(outcome_lines)
     if summary.gates:
         parts.append("\n".join(f"{'PASS' if gate.passed else 'FAIL'}  {gate.gate}  ({observed_text(gate)})"
                                for gate in summary.gates))
@@ -231,9 +234,19 @@ def format_result(run: runs_pb2.Run, summary: results_pb2.RunSummary) -> str:
     return "\n\n".join(parts)
 
 
+def outcomes_lines(summary: results_pb2.RunSummary) -> str:
+    """"outcomes  callers: 45 success, 5 registration failed (SIP 401)", a line per group; "" if not counted."""
+    from callmeter.common.outcomes import outcomes_text
+
+    rows = [(group.group, outcomes_text(group)) for group in summary.groups if group.outcomes]
+    width = max([len(name) for name, _ in rows], default=0)
+    return "\n".join(f"{'outcomes' if i == 0 else '':<10}{name + ':':<{width + 1}} {text}"
+                     for i, (name, text) in enumerate(rows))
+
+
 JSON_GROUP_FIELDS = ("endpoints", "registered", "register_attempted", "calls_attempted", "calls_connected",
                      "calls_failed", "mos_avg", "mos_min", "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95",
-                     "endpoint_seconds", "completeness_pct", "overloaded_s")
+                     "endpoint_seconds", "completeness_pct", "overloaded_s", "endpoints_failed")
 
 
 def run_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> dict[str, Any]:
@@ -241,10 +254,11 @@ def run_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> dict[
     groups: [{name, endpoints, …}], gates: [{gate, observed, passed}], workers: [{worker,
     overloaded_s, …}]}; a figure that was not measured is null."""
     from callmeter.common.generator_load import load_json
+    from callmeter.common.outcomes import outcomes_json
     from callmeter.common.verdict import measured
 
     def numbers(group: results_pb2.GroupSummary) -> dict[str, Any]:
-        return {field: measured(group, field) for field in JSON_GROUP_FIELDS}
+        return {**{field: measured(group, field) for field in JSON_GROUP_FIELDS}, "outcomes": outcomes_json(group)}
 
     has_total = summary is not None and summary.HasField("total")
     return {
@@ -270,6 +284,7 @@ def junit_xml(test_name: str, run: runs_pb2.Run, summary: results_pb2.RunSummary
     that CI never reads it as a pass."""
     import xml.etree.ElementTree as ET
 
+    from callmeter.common.outcomes import outcome_word
     from callmeter.common.verdict import observed_text
     from callmeter.v1 import runs_pb2
 
@@ -280,6 +295,9 @@ def junit_xml(test_name: str, run: runs_pb2.Run, summary: results_pb2.RunSummary
         ET.SubElement(properties, "property", name="completeness_pct", value=f"{summary.total.completeness_pct:.1f}")
     if summary.total.HasField("overloaded_s"):
         ET.SubElement(properties, "property", name="overloaded_s", value=str(summary.total.overloaded_s))
+    for count in summary.total.outcomes:  # e.g. outcome.call_failed.486 = 3
+        name = f"outcome.{outcome_word(count.outcome)}" + (f".{count.sip_code}" if count.sip_code else "")
+        ET.SubElement(properties, "property", name=name, value=str(count.endpoints))
     failures = errors = 0
     for gate in summary.gates:
         case = ET.SubElement(suite, "testcase", classname=f"callmeter.{test_name}", name=gate.gate)

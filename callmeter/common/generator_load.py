@@ -76,4 +76,6 @@ class LoadTally:
 def load_json(load: results_pb2.WorkerLoad) -> dict[str, object]:
     """A worker's load as --json and local mode's summary give it."""
     return {"worker": load.worker, "overloaded_s": load.overloaded_s, "engine_lag_ms_max": load.engine_lag_ms_max,
-            "worker_lag_ms_max": load.worker_lag_ms_max, "engine_cpu_pct_max": load.engine_cpu_pct_max}
+            "worker_lag_ms_max": load.worker_lag_ms_max, "engine_cpu_pct_max": load.engine_cpu_pct_max,
+            "endpoint_seconds": load.endpoint_seconds,
+            "completeness_pct": load.completeness_pct if load.HasField("completeness_pct") else None}

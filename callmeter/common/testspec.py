@@ -3,21 +3,35 @@
 * enums may be written short and in any case: ``transport: tls`` for ``TRANSPORT_TLS``;
 * durations are protobuf JSON strings (``20s``, ``1.5s``) or plain numbers of seconds.
 
-A file that does not parse raises ``SpecError`` with one FieldViolation per problem found.
+A file that does not parse raises ``SpecError`` with one FieldViolation per problem found: an
+unknown field or enum word, a value of the wrong kind, two fields of a oneof. Whether the spec
+makes sense (counts, references, durations, codecs) is callmeter/common/spec_check.py's to say.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.duration_pb2 import Duration
 
 from callmeter.common import enum_words
 from callmeter.common.errors import CallmeterError, ErrorCode
 from callmeter.v1 import common_pb2, tests_pb2
+
+# The words YAML 1.1 reads as booleans, which an enum may have (SrtpMode "off").
+_YAML_BOOLEAN_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
+# What an integer field of each kind holds, as ParseDict would refuse it with no field named.
+_INTEGER_RANGES = {
+    FieldDescriptor.CPPTYPE_INT32: (-2**31, 2**31 - 1),
+    FieldDescriptor.CPPTYPE_INT64: (-2**63, 2**63 - 1),
+    FieldDescriptor.CPPTYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.CPPTYPE_UINT64: (0, 2**64 - 1),
+}
 
 
 class SpecError(CallmeterError):
@@ -72,13 +86,14 @@ def parse_spec_yaml(text: str, source: str = "<spec>") -> tests_pb2.TestSpec:
     try:
         json_format.ParseDict(normalized, spec)
     except json_format.ParseError as exc:
-        raise SpecError([violation(source, str(exc))]) from None
+        raise SpecError([violation(source, " ".join(str(exc).split()))]) from None
     return spec
 
 
 def _normalize(data: dict[str, Any], descriptor: Descriptor, path: str,
                problems: list[common_pb2.FieldViolation]) -> dict[str, Any]:
-    """Checks field names and rewrites short enum names and numeric durations, collecting problems."""
+    """Checks field names and kinds of values, rewrites short enum names and numeric durations,
+    collecting problems."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         field_path = f"{path}.{key}" if path else str(key)
@@ -95,30 +110,88 @@ def _normalize(data: dict[str, Any], descriptor: Descriptor, path: str,
             out[key] = [_value(item, field, f"{field_path}[{i}]", problems) for i, item in enumerate(value)]
         else:
             out[key] = _value(value, field, field_path, problems)
+    for oneof in descriptor.oneofs:
+        names = [f.name for f in oneof.fields]
+        if sum(name in data for name in names) > 1:
+            problems.append(violation(path, f"only one of: {', '.join(names)}"))
     return out
 
 
 def _value(value: Any, field: FieldDescriptor, path: str, problems: list[common_pb2.FieldViolation]) -> Any:
-    if field.type == FieldDescriptor.TYPE_ENUM and isinstance(value, str):
-        enum = field.enum_type
-        prefix = enum_words.prefix(enum)
-        name = value.upper().replace("-", "_")
-        name = name if name.startswith(prefix) else prefix + name
-        if name not in enum.values_by_name or name.endswith("_UNSPECIFIED"):
-            choices = ", ".join(v.name.removeprefix(prefix).lower() for v in enum.values[1:])
-            problems.append(violation(path, f"{value!r} is not one of: {choices}"))
-            return None
-        return name
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
-        full_name = field.message_type.full_name
-        if full_name == "google.protobuf.Duration":
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                problems.append(violation(path, "must be a duration such as 20s or a number of seconds"))
-                return None
-            return f"{value}s" if isinstance(value, (int, float)) else value
-        if isinstance(value, dict) and not _is_map(field):
+    """The value as ParseDict takes it, or None after adding the problem (a value of the wrong kind)."""
+    kind = field.cpp_type
+    if kind == FieldDescriptor.CPPTYPE_ENUM:
+        return _enum_name(value, field, path, problems)
+    if kind == FieldDescriptor.CPPTYPE_MESSAGE:
+        if field.message_type.full_name == "google.protobuf.Duration":
+            return _duration(value, path, problems)
+        if _is_map(field):
+            return value
+        if isinstance(value, dict):
             return _normalize(value, field.message_type, path, problems)
-    return value
+        problem = f"must be a mapping of {field.message_type.name} fields (got {_shown(value)})"
+    elif kind in _INTEGER_RANGES:
+        low, high = _INTEGER_RANGES[kind]
+        if not isinstance(value, int) or isinstance(value, bool):
+            problem = f"must be an integer (got {_shown(value)})"
+        elif not low <= value <= high:
+            problem = f"must be an integer from {low} to {high} (got {value})"
+        else:
+            return value
+    elif kind in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isnan(value):  # ParseDict takes these only as JSON writes them; the spec check refuses them
+                return "NaN"
+            return value if math.isfinite(value) else ("Infinity" if value > 0 else "-Infinity")
+        problem = f"must be a number (got {_shown(value)})"
+    elif kind == FieldDescriptor.CPPTYPE_BOOL:
+        if isinstance(value, bool):
+            return value
+        problem = f"must be true or false (got {_shown(value)})"
+    else:  # text
+        if isinstance(value, str):
+            return value
+        problem = f"must be text (got {_shown(value)}; put it in quotes)"
+    problems.append(violation(path, problem))
+    return None
+
+
+def _enum_name(value: Any, field: FieldDescriptor, path: str, problems: list[common_pb2.FieldViolation]) -> Any:
+    enum = field.enum_type
+    prefix = enum_words.prefix(enum)
+    if isinstance(value, bool):  # YAML reads an unquoted off/on/no/yes as a boolean: `srtp: off`
+        value = next((word for word in _YAML_BOOLEAN_WORDS[value] if prefix + word.upper() in enum.values_by_name),
+                     value)
+    name = value.upper().replace("-", "_") if isinstance(value, str) else ""
+    name = name if name.startswith(prefix) else prefix + name
+    if name not in enum.values_by_name or name.endswith("_UNSPECIFIED"):
+        choices = ", ".join(v.name.removeprefix(prefix).lower() for v in enum.values[1:])
+        problems.append(violation(path, f"{_shown(value)} is not one of: {choices}"))
+        return None
+    return name
+
+
+def _duration(value: Any, path: str, problems: list[common_pb2.FieldViolation]) -> str | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        text = f"{value:.9f}".rstrip("0").rstrip(".") + "s"
+    else:
+        text = value if isinstance(value, str) else ""
+    try:
+        Duration().FromJsonString(text)
+    except ValueError:
+        problems.append(violation(path, f"must be a duration such as 20s or a number of seconds (got {_shown(value)})"))
+        return None
+    return text
+
+
+def _shown(value: Any) -> str:
+    """The value as a problem quotes it, on one line and short."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _is_map(field: FieldDescriptor) -> bool:

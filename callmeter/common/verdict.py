@@ -51,6 +51,9 @@ METRICS: dict[str, Callable[[results_pb2.GroupSummary], float | None]] = {
     "calls_failed_pct": lambda g: _pct(g.calls_failed, g.calls_attempted),
     "calls_connected_pct": lambda g: _pct(g.calls_connected, g.calls_attempted),
     "registered_pct": lambda g: _pct(g.registered, g.endpoints),
+    # Counted from the endpoints' outcomes (callmeter/common/outcomes.py), over the planned endpoints.
+    "endpoints_failed": lambda g: g.endpoints_failed if g.outcomes else None,
+    "endpoints_failed_pct": lambda g: _pct(g.endpoints_failed, sum(count.endpoints for count in g.outcomes)),
 }
 
 #: The metric names a quality gate may use: GroupSummary fields and ratios of them.
@@ -93,8 +96,9 @@ def incomplete(summary: results_pb2.RunSummary, min_pct: float) -> str | None:
     pct = measured(summary.total, "completeness_pct")
     if pct is None or pct >= min_pct:
         return None
-    short = [f"group {g.group}: {g.completeness_pct:.1f} %" for g in summary.groups
-             if measured(g, "completeness_pct") is not None and g.completeness_pct < min_pct]
+    parts = [(f"group {g.group}", g) for g in summary.groups] + [(f"worker {w.worker}", w) for w in summary.workers]
+    short = [f"{name}: {part.completeness_pct:.1f} %" for name, part in parts
+             if measured(part, "completeness_pct") is not None and part.completeness_pct < min_pct]
     return (f"results incomplete: {pct:.1f} % of the run's endpoint-seconds were stored, less than "
             f"{min_pct:g} % ({', '.join(short)}); not judged")
 

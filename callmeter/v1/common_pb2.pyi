@@ -38,6 +38,19 @@ class DtmfMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTMF_METHOD_UNSPECIFIED: _ClassVar[DtmfMethod]
     DTMF_METHOD_RFC2833: _ClassVar[DtmfMethod]
     DTMF_METHOD_SIP_INFO: _ClassVar[DtmfMethod]
+
+class EndpointOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENDPOINT_OUTCOME_UNSPECIFIED: _ClassVar[EndpointOutcome]
+    ENDPOINT_OUTCOME_SUCCESS: _ClassVar[EndpointOutcome]
+    ENDPOINT_OUTCOME_WARNINGS: _ClassVar[EndpointOutcome]
+    ENDPOINT_OUTCOME_REGISTRATION_FAILED: _ClassVar[EndpointOutcome]
+    ENDPOINT_OUTCOME_CALL_FAILED: _ClassVar[EndpointOutcome]
+    ENDPOINT_OUTCOME_NEGOTIATION_FAILED: _ClassVar[EndpointOutcome]
+    ENDPOINT_OUTCOME_TIMEOUT: _ClassVar[EndpointOutcome]
+    ENDPOINT_OUTCOME_TEARDOWN_ERROR: _ClassVar[EndpointOutcome]
+    ENDPOINT_OUTCOME_NOT_CALLED: _ClassVar[EndpointOutcome]
+    ENDPOINT_OUTCOME_ENGINE_ERROR: _ClassVar[EndpointOutcome]
 TRANSPORT_UNSPECIFIED: Transport
 TRANSPORT_UDP: Transport
 TRANSPORT_TCP: Transport
@@ -56,6 +69,16 @@ SRTP_KEYING_DTLS: SrtpKeying
 DTMF_METHOD_UNSPECIFIED: DtmfMethod
 DTMF_METHOD_RFC2833: DtmfMethod
 DTMF_METHOD_SIP_INFO: DtmfMethod
+ENDPOINT_OUTCOME_UNSPECIFIED: EndpointOutcome
+ENDPOINT_OUTCOME_SUCCESS: EndpointOutcome
+ENDPOINT_OUTCOME_WARNINGS: EndpointOutcome
+ENDPOINT_OUTCOME_REGISTRATION_FAILED: EndpointOutcome
+ENDPOINT_OUTCOME_CALL_FAILED: EndpointOutcome
+ENDPOINT_OUTCOME_NEGOTIATION_FAILED: EndpointOutcome
+ENDPOINT_OUTCOME_TIMEOUT: EndpointOutcome
+ENDPOINT_OUTCOME_TEARDOWN_ERROR: EndpointOutcome
+ENDPOINT_OUTCOME_NOT_CALLED: EndpointOutcome
+ENDPOINT_OUTCOME_ENGINE_ERROR: EndpointOutcome
 
 class Label(_message.Message):
     __slots__ = ("key", "value")

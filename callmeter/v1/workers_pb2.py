@@ -29,7 +29,7 @@ from callmeter.v1 import tests_pb2 as callmeter_dot_v1_dot_tests__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61llmeter/v1/workers.proto\x12\x0c\x63\x61llmeter.v1\x1a\x19\x63\x61llmeter/v1/common.proto\x1a\x1a\x63\x61llmeter/v1/results.proto\x1a\x18\x63\x61llmeter/v1/tests.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x01\n\x0eWorkerCapacity\x12\x15\n\rmax_endpoints\x18\x01 \x01(\x05\x12\x0e\n\x06\x63odecs\x18\x02 \x03(\t\x12+\n\ntransports\x18\x03 \x03(\x0e\x32\x17.callmeter.v1.Transport\x12.\n\x0csrtp_keyings\x18\x04 \x03(\x0e\x32\x18.callmeter.v1.SrtpKeying\x12\x18\n\x10\x65ngine_max_calls\x18\x05 \x01(\x05\x12\x1b\n\x13\x65ngine_max_accounts\x18\x06 \x01(\x05\x12\x13\n\x0bmax_engines\x18\x07 \x01(\x05\"\xa9\x02\n\x06Worker\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12#\n\x06labels\x18\x04 \x03(\x0b\x32\x13.callmeter.v1.Label\x12.\n\x08\x63\x61pacity\x18\x05 \x01(\x0b\x32\x1c.callmeter.v1.WorkerCapacity\x12\x0f\n\x07version\x18\x06 \x01(\t\x12(\n\x05state\x18\x07 \x01(\x0e\x32\x19.callmeter.v1.WorkerState\x12\x32\n\x0elast_heartbeat\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11running_endpoints\x18\t \x01(\x05\x12\x12\n\ngateway_id\x18\n \x01(\t\"\xf8\x01\n\rWorkerMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.callmeter.v1.HelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.callmeter.v1.HeartbeatH\x00\x12\x30\n\x06status\x18\x03 \x01(\x0b\x32\x1e.callmeter.v1.AssignmentStatusH\x00\x12,\n\x07metrics\x18\x04 \x01(\x0b\x32\x19.callmeter.v1.MetricBatchH\x00\x12(\n\x07goodbye\x18\x05 \x01(\x0b\x32\x15.callmeter.v1.GoodbyeH\x00\x42\t\n\x07message\"\xad\x01\n\x05Hello\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12#\n\x06labels\x18\x03 \x03(\x0b\x32\x13.callmeter.v1.Label\x12.\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x1c.callmeter.v1.WorkerCapacity\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x13\n\x0binstance_id\x18\x07 \x01(\tJ\x04\x08\x06\x10\x07R\x06resume\"\x96\x01\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11running_endpoints\x18\x02 \x01(\x05\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.callmeter.v1.WorkerState\x12\x17\n\x0f\x64ropped_samples\x18\x04 \x01(\x04\"\xfc\x04\n\x10\x41ssignmentStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.callmeter.v1.AssignmentState\x12\x19\n\x11\x65ndpoints_running\x18\x03 \x01(\x05\x12\x18\n\x10\x65ndpoints_failed\x18\x04 \x01(\x05\x12+\n\x06\x65rrors\x18\x05 \x03(\x0b\x32\x1b.callmeter.v1.EndpointError\x12]\n\x19\x65ndpoints_failed_by_group\x18\x06 \x03(\x0b\x32:.callmeter.v1.AssignmentStatus.EndpointsFailedByGroupEntry\x12]\n\x19\x65ndpoint_seconds_by_group\x18\x07 \x03(\x0b\x32:.callmeter.v1.AssignmentStatus.EndpointSecondsByGroupEntry\x12R\n\x13registered_by_group\x18\x08 \x03(\x0b\x32\x35.callmeter.v1.AssignmentStatus.RegisteredByGroupEntry\x1a=\n\x1b\x45ndpointsFailedByGroupEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a=\n\x1b\x45ndpointSecondsByGroupEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x38\n\x16RegisteredByGroupEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"R\n\rEndpointError\x12\r\n\x05group\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\x05\x12\x10\n\x08sip_code\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x8f\x03\n\x0eGatewayMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.callmeter.v1.WelcomeH\x00\x12\x33\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.HeartbeatAckH\x00\x12.\n\nassignment\x18\x03 \x01(\x0b\x32\x18.callmeter.v1.AssignmentH\x00\x12\x30\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x1e.callmeter.v1.CancelAssignmentH\x00\x12$\n\x05\x64rain\x18\x05 \x01(\x0b\x32\x13.callmeter.v1.DrainH\x00\x12+\n\tbatch_ack\x18\x06 \x01(\x0b\x32\x16.callmeter.v1.BatchAckH\x00\x12.\n\ndisconnect\x18\x07 \x01(\x0b\x32\x18.callmeter.v1.DisconnectH\x00\x12.\n\x05start\x18\x08 \x01(\x0b\x32\x1d.callmeter.v1.StartAssignmentH\x00\x42\t\n\x07message\"g\n\x07Welcome\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\ngateway_id\x18\x02 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x05\x12\x17\n\x0fmax_batch_bytes\x18\x04 \x01(\x05\"?\n\x0cHeartbeatAck\x12/\n\x0breceived_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9d\x01\n\nAssignment\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.callmeter.v1.TestSpec\x12+\n\x06slices\x18\x03 \x03(\x0b\x32\x1b.callmeter.v1.EndpointSlice\x12,\n\x08start_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x0fStartAssignment\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12,\n\x08start_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06groups\x18\x03 \x03(\t\"B\n\rEndpointSlice\x12\r\n\x05group\x18\x01 \x01(\t\x12\x13\n\x0b\x66irst_index\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"2\n\x10\x43\x61ncelAssignment\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\",\n\x08\x42\x61tchAck\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\x1c\n\nDisconnect\x12\x0e\n\x06reason\x18\x01 \x01(\t\"Q\n\x12ListWorkersRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.callmeter.v1.PageRequest\"f\n\x13ListWorkersResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.callmeter.v1.Worker\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.PageResponse\"%\n\x10GetWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t*\xa8\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14WORKER_STATE_OFFLINE\x10\x01\x12\x17\n\x13WORKER_STATE_ONLINE\x10\x02\x12\x15\n\x11WORKER_STATE_BUSY\x10\x03\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x04\x12\x16\n\x12WORKER_STATE_ERROR\x10\x05*\xe7\x01\n\x0f\x41ssignmentState\x12 \n\x1c\x41SSIGNMENT_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41SSIGNMENT_STATE_ACCEPTED\x10\x01\x12\x1c\n\x18\x41SSIGNMENT_STATE_RUNNING\x10\x02\x12\x19\n\x15\x41SSIGNMENT_STATE_DONE\x10\x03\x12\x1b\n\x17\x41SSIGNMENT_STATE_FAILED\x10\x04\x12\x1e\n\x1a\x41SSIGNMENT_STATE_CANCELLED\x10\x05\x12\x1d\n\x19\x41SSIGNMENT_STATE_PREPARED\x10\x06\x32Z\n\x0eGatewayService\x12H\n\x07\x43onnect\x12\x1b.callmeter.v1.WorkerMessage\x1a\x1c.callmeter.v1.GatewayMessage(\x01\x30\x01\x32\xa6\x01\n\rWorkerService\x12R\n\x0bListWorkers\x12 .callmeter.v1.ListWorkersRequest\x1a!.callmeter.v1.ListWorkersResponse\x12\x41\n\tGetWorker\x12\x1e.callmeter.v1.GetWorkerRequest\x1a\x14.callmeter.v1.Workerb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61llmeter/v1/workers.proto\x12\x0c\x63\x61llmeter.v1\x1a\x19\x63\x61llmeter/v1/common.proto\x1a\x1a\x63\x61llmeter/v1/results.proto\x1a\x18\x63\x61llmeter/v1/tests.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x01\n\x0eWorkerCapacity\x12\x15\n\rmax_endpoints\x18\x01 \x01(\x05\x12\x0e\n\x06\x63odecs\x18\x02 \x03(\t\x12+\n\ntransports\x18\x03 \x03(\x0e\x32\x17.callmeter.v1.Transport\x12.\n\x0csrtp_keyings\x18\x04 \x03(\x0e\x32\x18.callmeter.v1.SrtpKeying\x12\x18\n\x10\x65ngine_max_calls\x18\x05 \x01(\x05\x12\x1b\n\x13\x65ngine_max_accounts\x18\x06 \x01(\x05\x12\x13\n\x0bmax_engines\x18\x07 \x01(\x05\"\xa9\x02\n\x06Worker\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12#\n\x06labels\x18\x04 \x03(\x0b\x32\x13.callmeter.v1.Label\x12.\n\x08\x63\x61pacity\x18\x05 \x01(\x0b\x32\x1c.callmeter.v1.WorkerCapacity\x12\x0f\n\x07version\x18\x06 \x01(\t\x12(\n\x05state\x18\x07 \x01(\x0e\x32\x19.callmeter.v1.WorkerState\x12\x32\n\x0elast_heartbeat\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11running_endpoints\x18\t \x01(\x05\x12\x12\n\ngateway_id\x18\n \x01(\t\"\xf8\x01\n\rWorkerMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.callmeter.v1.HelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.callmeter.v1.HeartbeatH\x00\x12\x30\n\x06status\x18\x03 \x01(\x0b\x32\x1e.callmeter.v1.AssignmentStatusH\x00\x12,\n\x07metrics\x18\x04 \x01(\x0b\x32\x19.callmeter.v1.MetricBatchH\x00\x12(\n\x07goodbye\x18\x05 \x01(\x0b\x32\x15.callmeter.v1.GoodbyeH\x00\x42\t\n\x07message\"\xad\x01\n\x05Hello\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12#\n\x06labels\x18\x03 \x03(\x0b\x32\x13.callmeter.v1.Label\x12.\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x1c.callmeter.v1.WorkerCapacity\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x13\n\x0binstance_id\x18\x07 \x01(\tJ\x04\x08\x06\x10\x07R\x06resume\"\x96\x01\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11running_endpoints\x18\x02 \x01(\x05\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.callmeter.v1.WorkerState\x12\x17\n\x0f\x64ropped_samples\x18\x04 \x01(\x04\"\xfc\x04\n\x10\x41ssignmentStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.callmeter.v1.AssignmentState\x12\x19\n\x11\x65ndpoints_running\x18\x03 \x01(\x05\x12\x18\n\x10\x65ndpoints_failed\x18\x04 \x01(\x05\x12+\n\x06\x65rrors\x18\x05 \x03(\x0b\x32\x1b.callmeter.v1.EndpointError\x12]\n\x19\x65ndpoints_failed_by_group\x18\x06 \x03(\x0b\x32:.callmeter.v1.AssignmentStatus.EndpointsFailedByGroupEntry\x12]\n\x19\x65ndpoint_seconds_by_group\x18\x07 \x03(\x0b\x32:.callmeter.v1.AssignmentStatus.EndpointSecondsByGroupEntry\x12R\n\x13registered_by_group\x18\x08 \x03(\x0b\x32\x35.callmeter.v1.AssignmentStatus.RegisteredByGroupEntry\x1a=\n\x1b\x45ndpointsFailedByGroupEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a=\n\x1b\x45ndpointSecondsByGroupEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x38\n\x16RegisteredByGroupEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\x82\x01\n\rEndpointError\x12\r\n\x05group\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\x05\x12\x10\n\x08sip_code\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12.\n\x07outcome\x18\x05 \x01(\x0e\x32\x1d.callmeter.v1.EndpointOutcome\"\x19\n\x07Goodbye\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x8f\x03\n\x0eGatewayMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.callmeter.v1.WelcomeH\x00\x12\x33\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.HeartbeatAckH\x00\x12.\n\nassignment\x18\x03 \x01(\x0b\x32\x18.callmeter.v1.AssignmentH\x00\x12\x30\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x1e.callmeter.v1.CancelAssignmentH\x00\x12$\n\x05\x64rain\x18\x05 \x01(\x0b\x32\x13.callmeter.v1.DrainH\x00\x12+\n\tbatch_ack\x18\x06 \x01(\x0b\x32\x16.callmeter.v1.BatchAckH\x00\x12.\n\ndisconnect\x18\x07 \x01(\x0b\x32\x18.callmeter.v1.DisconnectH\x00\x12.\n\x05start\x18\x08 \x01(\x0b\x32\x1d.callmeter.v1.StartAssignmentH\x00\x42\t\n\x07message\"g\n\x07Welcome\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\ngateway_id\x18\x02 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x05\x12\x17\n\x0fmax_batch_bytes\x18\x04 \x01(\x05\"?\n\x0cHeartbeatAck\x12/\n\x0breceived_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9d\x01\n\nAssignment\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.callmeter.v1.TestSpec\x12+\n\x06slices\x18\x03 \x03(\x0b\x32\x1b.callmeter.v1.EndpointSlice\x12,\n\x08start_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x0fStartAssignment\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12,\n\x08start_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06groups\x18\x03 \x03(\t\"B\n\rEndpointSlice\x12\r\n\x05group\x18\x01 \x01(\t\x12\x13\n\x0b\x66irst_index\x18\x02 \x01(\x05\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\"2\n\x10\x43\x61ncelAssignment\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\",\n\x08\x42\x61tchAck\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\x1c\n\nDisconnect\x12\x0e\n\x06reason\x18\x01 \x01(\t\"Q\n\x12ListWorkersRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.callmeter.v1.PageRequest\"f\n\x13ListWorkersResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.callmeter.v1.Worker\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.PageResponse\"%\n\x10GetWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t*\xa8\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14WORKER_STATE_OFFLINE\x10\x01\x12\x17\n\x13WORKER_STATE_ONLINE\x10\x02\x12\x15\n\x11WORKER_STATE_BUSY\x10\x03\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x04\x12\x16\n\x12WORKER_STATE_ERROR\x10\x05*\xe7\x01\n\x0f\x41ssignmentState\x12 \n\x1c\x41SSIGNMENT_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41SSIGNMENT_STATE_ACCEPTED\x10\x01\x12\x1c\n\x18\x41SSIGNMENT_STATE_RUNNING\x10\x02\x12\x19\n\x15\x41SSIGNMENT_STATE_DONE\x10\x03\x12\x1b\n\x17\x41SSIGNMENT_STATE_FAILED\x10\x04\x12\x1e\n\x1a\x41SSIGNMENT_STATE_CANCELLED\x10\x05\x12\x1d\n\x19\x41SSIGNMENT_STATE_PREPARED\x10\x06\x32Z\n\x0eGatewayService\x12H\n\x07\x43onnect\x12\x1b.callmeter.v1.WorkerMessage\x1a\x1c.callmeter.v1.GatewayMessage(\x01\x30\x01\x32\xa6\x01\n\rWorkerService\x12R\n\x0bListWorkers\x12 .callmeter.v1.ListWorkersRequest\x1a!.callmeter.v1.ListWorkersResponse\x12\x41\n\tGetWorker\x12\x1e.callmeter.v1.GetWorkerRequest\x1a\x14.callmeter.v1.Workerb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,10 +42,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSIGNMENTSTATUS_ENDPOINTSECONDSBYGROUPENTRY']._serialized_options = b'8\001'
   _globals['_ASSIGNMENTSTATUS_REGISTEREDBYGROUPENTRY']._loaded_options = None
   _globals['_ASSIGNMENTSTATUS_REGISTEREDBYGROUPENTRY']._serialized_options = b'8\001'
-  _globals['_WORKERSTATE']._serialized_start=3292
-  _globals['_WORKERSTATE']._serialized_end=3460
-  _globals['_ASSIGNMENTSTATE']._serialized_start=3463
-  _globals['_ASSIGNMENTSTATE']._serialized_end=3694
+  _globals['_WORKERSTATE']._serialized_start=3341
+  _globals['_WORKERSTATE']._serialized_end=3509
+  _globals['_ASSIGNMENTSTATE']._serialized_start=3512
+  _globals['_ASSIGNMENTSTATE']._serialized_end=3743
   _globals['_WORKERCAPACITY']._serialized_start=159
   _globals['_WORKERCAPACITY']._serialized_end=383
   _globals['_WORKER']._serialized_start=386
@@ -64,38 +64,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSIGNMENTSTATUS_ENDPOINTSECONDSBYGROUPENTRY']._serialized_end=1844
   _globals['_ASSIGNMENTSTATUS_REGISTEREDBYGROUPENTRY']._serialized_start=1846
   _globals['_ASSIGNMENTSTATUS_REGISTEREDBYGROUPENTRY']._serialized_end=1902
-  _globals['_ENDPOINTERROR']._serialized_start=1904
-  _globals['_ENDPOINTERROR']._serialized_end=1986
-  _globals['_GOODBYE']._serialized_start=1988
-  _globals['_GOODBYE']._serialized_end=2013
-  _globals['_GATEWAYMESSAGE']._serialized_start=2016
-  _globals['_GATEWAYMESSAGE']._serialized_end=2415
-  _globals['_WELCOME']._serialized_start=2417
-  _globals['_WELCOME']._serialized_end=2520
-  _globals['_HEARTBEATACK']._serialized_start=2522
-  _globals['_HEARTBEATACK']._serialized_end=2585
-  _globals['_ASSIGNMENT']._serialized_start=2588
-  _globals['_ASSIGNMENT']._serialized_end=2745
-  _globals['_STARTASSIGNMENT']._serialized_start=2747
-  _globals['_STARTASSIGNMENT']._serialized_end=2842
-  _globals['_ENDPOINTSLICE']._serialized_start=2844
-  _globals['_ENDPOINTSLICE']._serialized_end=2910
-  _globals['_CANCELASSIGNMENT']._serialized_start=2912
-  _globals['_CANCELASSIGNMENT']._serialized_end=2962
-  _globals['_DRAIN']._serialized_start=2964
-  _globals['_DRAIN']._serialized_end=2987
-  _globals['_BATCHACK']._serialized_start=2989
-  _globals['_BATCHACK']._serialized_end=3033
-  _globals['_DISCONNECT']._serialized_start=3035
-  _globals['_DISCONNECT']._serialized_end=3063
-  _globals['_LISTWORKERSREQUEST']._serialized_start=3065
-  _globals['_LISTWORKERSREQUEST']._serialized_end=3146
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=3148
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=3250
-  _globals['_GETWORKERREQUEST']._serialized_start=3252
-  _globals['_GETWORKERREQUEST']._serialized_end=3289
-  _globals['_GATEWAYSERVICE']._serialized_start=3696
-  _globals['_GATEWAYSERVICE']._serialized_end=3786
-  _globals['_WORKERSERVICE']._serialized_start=3789
-  _globals['_WORKERSERVICE']._serialized_end=3955
+  _globals['_ENDPOINTERROR']._serialized_start=1905
+  _globals['_ENDPOINTERROR']._serialized_end=2035
+  _globals['_GOODBYE']._serialized_start=2037
+  _globals['_GOODBYE']._serialized_end=2062
+  _globals['_GATEWAYMESSAGE']._serialized_start=2065
+  _globals['_GATEWAYMESSAGE']._serialized_end=2464
+  _globals['_WELCOME']._serialized_start=2466
+  _globals['_WELCOME']._serialized_end=2569
+  _globals['_HEARTBEATACK']._serialized_start=2571
+  _globals['_HEARTBEATACK']._serialized_end=2634
+  _globals['_ASSIGNMENT']._serialized_start=2637
+  _globals['_ASSIGNMENT']._serialized_end=2794
+  _globals['_STARTASSIGNMENT']._serialized_start=2796
+  _globals['_STARTASSIGNMENT']._serialized_end=2891
+  _globals['_ENDPOINTSLICE']._serialized_start=2893
+  _globals['_ENDPOINTSLICE']._serialized_end=2959
+  _globals['_CANCELASSIGNMENT']._serialized_start=2961
+  _globals['_CANCELASSIGNMENT']._serialized_end=3011
+  _globals['_DRAIN']._serialized_start=3013
+  _globals['_DRAIN']._serialized_end=3036
+  _globals['_BATCHACK']._serialized_start=3038
+  _globals['_BATCHACK']._serialized_end=3082
+  _globals['_DISCONNECT']._serialized_start=3084
+  _globals['_DISCONNECT']._serialized_end=3112
+  _globals['_LISTWORKERSREQUEST']._serialized_start=3114
+  _globals['_LISTWORKERSREQUEST']._serialized_end=3195
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=3197
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=3299
+  _globals['_GETWORKERREQUEST']._serialized_start=3301
+  _globals['_GETWORKERREQUEST']._serialized_end=3338
+  _globals['_GATEWAYSERVICE']._serialized_start=3745
+  _globals['_GATEWAYSERVICE']._serialized_end=3835
+  _globals['_WORKERSERVICE']._serialized_start=3838
+  _globals['_WORKERSERVICE']._serialized_end=4004
 # @@protoc_insertion_point(module_scope)

@@ -172,16 +172,18 @@ class AssignmentStatus(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[AssignmentState, str]] = ..., endpoints_running: _Optional[int] = ..., endpoints_failed: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[EndpointError, _Mapping]]] = ..., endpoints_failed_by_group: _Optional[_Mapping[str, int]] = ..., endpoint_seconds_by_group: _Optional[_Mapping[str, int]] = ..., registered_by_group: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class EndpointError(_message.Message):
-    __slots__ = ("group", "endpoint", "sip_code", "reason")
+    __slots__ = ("group", "endpoint", "sip_code", "reason", "outcome")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     SIP_CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
     group: str
     endpoint: int
     sip_code: int
     reason: str
-    def __init__(self, group: _Optional[str] = ..., endpoint: _Optional[int] = ..., sip_code: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    outcome: _common_pb2.EndpointOutcome
+    def __init__(self, group: _Optional[str] = ..., endpoint: _Optional[int] = ..., sip_code: _Optional[int] = ..., reason: _Optional[str] = ..., outcome: _Optional[_Union[_common_pb2.EndpointOutcome, str]] = ...) -> None: ...
 
 class Goodbye(_message.Message):
     __slots__ = ("reason",)

@@ -22,6 +22,8 @@ count is defined in schema.py (GROUP_SECOND_COLUMNS), per group and for the whol
 - registered, register_attempted: endpoints that held a registration, or sent a REGISTER, in
   any second of the run (read from endpoint_seconds without FINAL: a replayed row names the
   same endpoint again, which a distinct count ignores; only three narrow columns are read);
+- outcomes, endpoints_failed: each endpoint's outcome in its newest second (rollup_endpoints),
+  counted by callmeter/common/outcomes.py;
 - a quality figure over no qualifying rows is not measured: the field is left unset.
 Series and top endpoints read endpoint_seconds (any metric, any aggregate, one endpoint).
 """
@@ -29,9 +31,11 @@ Series and top endpoints read endpoint_seconds (any metric, any aggregate, one e
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 
 from callmeter.catalog import BY_NAME, Metric
+from callmeter.common import outcomes
 from callmeter.common.generator_load import CARRIES_LOAD_SQL, OVERLOADED_SQL
 from callmeter.common.verdict import measured
 from callmeter.v1 import results_pb2
@@ -59,8 +63,9 @@ AGGREGATES = {
 #: GroupSummary fields a trend can follow (its numbers; not the group name or the code map).
 TREND_FIELDS = tuple(
     f.name for f in results_pb2.GroupSummary.DESCRIPTOR.fields
-    # completeness is the orchestrator's figure; overloaded_s is read with the run's workers
-    if f.name not in ("group", "failures_by_code", "completeness_pct", "overloaded_s")
+    # completeness is the orchestrator's figure; overloaded_s is read with the run's workers, the
+    # outcomes with the run's plan
+    if f.name not in ("group", "failures_by_code", "completeness_pct", "overloaded_s", "outcomes", "endpoints_failed")
 )
 
 
@@ -110,6 +115,23 @@ WHERE run_id IN {{runs:Array(String)}} AND (registered = 1 OR register_attempts 
 GROUP BY GROUPING SETS ((run_id, `group`), (run_id))
 """
 
+
+_OUTCOMES_SQL = f"""
+SELECT `group`, endpoint, outcome, outcome_code
+FROM {ENDPOINTS_TABLE} FINAL
+WHERE run_id = {{run_id:String}}
+"""
+
+
+def endpoint_outcomes(client, run_id: str) -> dict[tuple[str, int], tuple[int, int]]:  # type: ignore[no-untyped-def]
+    """(group, endpoint) → (outcome, SIP code) in the endpoint's newest stored second."""
+    rows = client.query(_OUTCOMES_SQL, parameters={"run_id": run_id}).result_rows
+    return {(group, endpoint): (outcome, code) for group, endpoint, outcome, code in rows}
+
+
+_WORKER_SECONDS_SQL = f"""
+SELECT worker_id, count() FROM {SAMPLES_TABLE} FINAL WHERE run_id = {{run_id:String}} GROUP BY worker_id
+"""
 
 _LOAD_SQL = f"""
 SELECT worker_id, grouping(worker_id),
@@ -180,18 +202,30 @@ def group_summaries(client, run_ids: Sequence[str]) -> dict[str, dict[str, resul
     return found
 
 
-def run_summary(client, run_id: str, groups: Sequence[str]) -> results_pb2.RunSummary:  # type: ignore[no-untyped-def]
-    """The run and each group: the groups asked for first (zeros if they sent nothing), then others."""
+def run_summary(client, run_id: str, groups: Sequence[str], planned: Mapping[str, int] | None = None,  # type: ignore[no-untyped-def]
+                calls: Sequence[results_pb2.GroupCalls] = ()) -> results_pb2.RunSummary:
+    """The run and each group: the groups asked for first (zeros if they sent nothing), then others.
+    Outcomes are counted as the run ended when its plan is given (outcomes.tally)."""
     by_group = group_summaries(client, [run_id]).get(run_id, {})
     total = by_group.pop("", results_pb2.GroupSummary())
-    names = list(dict.fromkeys(groups)) + sorted(set(by_group) - set(groups))
+    counts = outcomes.tally(endpoint_outcomes(client, run_id), planned, calls)
+    names = list(dict.fromkeys(groups)) + sorted((set(by_group) | set(counts)) - set(groups))
     overloaded_s, workers = worker_loads(client, run_id)
     if overloaded_s is not None:
         total.overloaded_s = overloaded_s
-    return results_pb2.RunSummary(
+    if planned is not None:  # the run's end: each worker's stored share, for its completeness
+        loads = {load.worker: load for load in workers}
+        for worker_id, seconds in client.query(_WORKER_SECONDS_SQL, parameters={"run_id": run_id}).result_rows:
+            loads.setdefault(worker_id, results_pb2.WorkerLoad(worker=worker_id)).endpoint_seconds = seconds
+        workers = sorted(loads.values(), key=lambda load: load.worker)
+    summary = results_pb2.RunSummary(
         run_id=run_id, total=total,
         groups=[by_group.get(name) or results_pb2.GroupSummary(group=name) for name in names], workers=workers,
     )
+    for group in summary.groups:
+        outcomes.set_outcomes(group, counts.get(group.group, Counter()))
+    outcomes.set_outcomes(summary.total, sum(counts.values(), Counter()))
+    return summary
 
 
 def series(client, run_id: str, metric: Metric, aggregate: str, step_s: int, group: str,  # type: ignore[no-untyped-def]

@@ -59,7 +59,8 @@ class MetricsQueryServicer(results_pb2_grpc.MetricsQueryServiceServicer):
     @grpc_errors
     async def GetRunSummary(self, request: results_pb2.RunSummaryRequest,
                             context: grpc.aio.ServicerContext) -> results_pb2.RunSummary:
-        return await self._query(queries.run_summary, require_run_id(request.run_id), list(request.groups))
+        return await self._query(queries.run_summary, require_run_id(request.run_id), list(request.groups),
+                                 dict(request.planned) or None, list(request.calls))
 
     @grpc_errors
     async def GetSeries(self, request: results_pb2.SeriesRequest,

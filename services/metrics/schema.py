@@ -9,7 +9,7 @@ Two rollups hold what run summaries need, so a summary does not read raw rows:
 - rollup_group_seconds, one row per (run, group, second): sums, counts, the MOS minimum, the
   failures by code, and the exact quantile states of the summary's p95s;
 - rollup_endpoints, one row per (run, group, endpoint): its newest second (the summary's
-  "endpoints").
+  "endpoints") and its outcome then (the summary's outcomes).
 Ingest recomputes, after each insert into endpoint_seconds, the rollup rows of every (run, group,
 second) the insert touched, from endpoint_seconds FINAL (``rollup_refresh_sql``). A recomputed row
 replaces the earlier one (ReplacingMergeTree), so a replayed batch, however it arrives, cannot be
@@ -160,9 +160,11 @@ GROUP_SECOND_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 #: rollup_endpoints after its key (run_id, group, endpoint): the newest second seen (the row's
-#: version, so the newest wins).
+#: version, so the newest wins) and the endpoint's outcome in it (callmeter/common/outcomes.py).
 ENDPOINT_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("second", "DateTime", "max(second)"),
+    ("outcome", "UInt32", "argMax(outcome, second)"),
+    ("outcome_code", "UInt32", "argMax(outcome_code, second)"),
 )
 
 

@@ -105,7 +105,7 @@ class Conductor:
     async def collect(self, collect: runs.Collect) -> None:
         try:
             summary = await self.metrics.GetRunSummary(
-                results_pb2.RunSummaryRequest(run_id=collect.run_id, groups=collect.groups), timeout=30)
+                collect.request, timeout=30)
         except grpc.aio.AioRpcError as exc:
             log.warning("summary_unavailable", run_id=collect.run_id, code=exc.code().name, detail=exc.details())
             if (utcnow() - collect.ended_at).total_seconds() > self.settings.collect_timeout_s:

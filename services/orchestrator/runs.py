@@ -20,6 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from callmeter.common.errors import CallmeterError, ErrorCode
+from callmeter.common import outcomes
+from callmeter.common.outcomes import call_map, outcome_text, outcome_word
 from callmeter.common.run_states import RUN_ENDED
 from callmeter.common.start_waves import awaited_groups, has_registered, wait_reason
 from callmeter.common.verdict import COMPLETENESS_MIN_PCT, judge
@@ -56,7 +58,8 @@ class Start:
 @dataclass(frozen=True)
 class Collect:
     run_id: str
-    groups: list[str]
+    #: What to ask metrics-ingest: the run's groups, its plan and who calls whom (for its outcomes).
+    request: results_pb2.RunSummaryRequest
     ended_at: datetime
 
 
@@ -231,7 +234,7 @@ def record_status(session: Session, worker_id: str, status: workers_pb2.Assignme
     failed_left = dict(status.endpoints_failed_by_group)
     errors = {id(p): list(p.errors) for p in placements}
     for e in status.errors:
-        text = f"[{e.endpoint}]: {e.reason}" + (f" (SIP {e.sip_code})" if e.sip_code else "") if e.group else e.reason
+        text = error_text(e)
         owner = next((p for p in placements if p.group_name == e.group and
                       p.first_index <= e.endpoint < p.first_index + p.count), placements[0] if placements else None)
         # Each status repeats the worker's newest errors: keep each once.
@@ -308,8 +311,14 @@ def advance(sessions: sessionmaker[Session], now: datetime, lost_after_s: float,
                 Run.state.in_([RUN(runs_pb2.RUN_STATE_COLLECTING), RUN(runs_pb2.RUN_STATE_CANCELLED),
                                RUN(runs_pb2.RUN_STATE_TIMED_OUT)]),
                 Run.summary.is_(None), Run.ended_at <= due)):
-            collects.append(Collect(run.id, [group.name for group in _spec(session, run).groups], run.ended_at))
+            collects.append(Collect(run.id, summary_request(run.id, _spec(session, run)), run.ended_at))
     return cancels, collects
+
+
+def summary_request(run_id: str, spec: tests_pb2.TestSpec) -> results_pb2.RunSummaryRequest:
+    return results_pb2.RunSummaryRequest(run_id=run_id, groups=[group.name for group in spec.groups],
+                                         planned={group.name: group.count for group in spec.groups},
+                                         calls=call_map(spec))
 
 
 def _lost(worker: Worker | None, now: datetime, lost_after_s: float) -> bool:
@@ -344,11 +353,11 @@ def finish(sessions: sessionmaker[Session], run_id: str, summary: results_pb2.Ru
         if run.state == RUN(runs_pb2.RUN_STATE_COLLECTING):
             spec = _spec(session, run)
             planned = sum(p.count for p in placements)
-            failed = sum(p.endpoints_failed for p in placements)
-            verdict, reasons = judge(summary, list(spec.gates), planned, failed, completeness_min_pct)
+            verdict, reasons = judge(summary, list(spec.gates), planned, summary.total.endpoints_failed,
+                                     completeness_min_pct)
             ended = runs_pb2.RUN_STATE_FAILED if verdict == runs_pb2.VERDICT_ERROR else runs_pb2.RUN_STATE_FINISHED
             run.state, run.verdict = RUN(ended), runs_pb2.Verdict.Name(verdict)
-            run.reasons = [*run.reasons, *reasons, *error_reasons(placements)]
+            run.reasons = [*run.reasons, *reasons, *error_reasons(placements, summary)]
         run.summary = summary.SerializeToString()
         return awaited
 
@@ -374,7 +383,7 @@ def _awaited(placements: list[RunPlacement], summary: results_pb2.RunSummary) ->
 
 
 def _set_completeness(summary: results_pb2.RunSummary, placements: list[RunPlacement], run: Run) -> None:
-    """completeness_pct of each group and of the run: endpoint-seconds stored ÷ expected.
+    """completeness_pct of each group, each worker and the run: endpoint-seconds stored ÷ expected.
 
     Expected is what the workers measured, by their final count. For a part the platform lost
     (worker lost or restarted, part never delivered) its worker's count is not final: expected is
@@ -388,41 +397,97 @@ def _set_completeness(summary: results_pb2.RunSummary, placements: list[RunPlace
         if placement.samples_final:
             final_seconds[placement.group_name] += placement.endpoint_seconds
             final_endpoints[placement.group_name] += placement.count
-    expected = Counter(final_seconds)
+    expected: Counter[str] = Counter()
+    by_worker: Counter[str] = Counter()
     for placement in placements:
-        if not placement.samples_final:
-            group = placement.group_name
+        group = placement.group_name
+        if placement.samples_final:
+            seconds = placement.endpoint_seconds
+        else:
             per_endpoint = final_seconds[group] / final_endpoints[group] if final_endpoints[group] else lasted
-            expected[group] += max(placement.endpoint_seconds, round(placement.count * per_endpoint))
+            seconds = max(placement.endpoint_seconds, round(placement.count * per_endpoint))
+        expected[group] += seconds
+        by_worker[placement.worker_id] += seconds
     for group in summary.groups:
         if expected[group.group]:
             group.completeness_pct = min(100.0, 100.0 * group.endpoint_seconds / expected[group.group])
     if sum(expected.values()):
         summary.total.completeness_pct = min(100.0, 100.0 * summary.total.endpoint_seconds / sum(expected.values()))
+    if not any(load.endpoint_seconds for load in summary.workers):
+        return  # a summary without the workers' stored shares (asked without the run's plan)
+    stored = {load.worker: load for load in summary.workers}
+    for worker_id, seconds in sorted(by_worker.items()):
+        load = stored.get(worker_id) or summary.workers.add(worker=worker_id)
+        if seconds:
+            load.completeness_pct = min(100.0, 100.0 * load.endpoint_seconds / seconds)
 
 
 #: Example endpoints named per cause in a run's reasons.
 EXAMPLES_PER_CAUSE = 3
 # Each endpoint's own address in an error ("call to sip:callee5@… failed: 486") is not its cause.
 _URI = re.compile(r"\bsips?:[^\s;,>)]+")
+# An endpoint's error as stored: "[3] registration_failed: REGISTER to … failed: 401 … (SIP 401)".
+_ENDPOINT_ERROR = re.compile(r"\[(\d+)\](?: ([a-z_]+))?: (.*?)(?: \(SIP (\d+)\))?", re.S)
 
 
-def error_reasons(placements: list[RunPlacement]) -> list[str]:
-    """The endpoints' errors grouped by group and cause, most frequent first, with a count and a few
-    example endpoints: "group callers: 5 endpoints: registration failed (SIP 401) (e.g. [0], [3])"."""
-    causes: dict[tuple[str, str], list[str]] = {}
+def error_text(error: workers_pb2.EndpointError) -> str:
+    """An error as a placement keeps it: its endpoint, the outcome it gives, the reason and SIP code."""
+    if not error.group:
+        return error.reason
+    outcome = f" {outcome_word(error.outcome)}" if error.outcome else ""
+    return f"[{error.endpoint}]{outcome}: {error.reason}" + (f" (SIP {error.sip_code})" if error.sip_code else "")
+
+
+def error_reasons(placements: list[RunPlacement], summary: results_pb2.RunSummary) -> list[str]:
+    """A line per group and outcome other than success, with its exact count from the summary and
+    the most frequent cause among its endpoints' errors, with a few example endpoints:
+    "group callers: 5 endpoints registration failed (SIP 401): REGISTER to sip:… failed: 401
+    Unauthorized (e.g. [0], [3], [7])". Errors no outcome accounts for follow, grouped by cause;
+    errors of no endpoint (a worker's, a part's) as they are."""
+    # (group, outcome word, SIP code) → cause → example endpoints
+    causes: dict[tuple[str, str, int], dict[str, list[str]]] = {}
+    loose: dict[str, list[str]] = {}
     for placement in placements:
         for error in placement.errors:
-            endpoint, _, cause = error.partition("]: ") if error.startswith("[") else ("", "", error)
-            cause = _URI.sub("sip:…", cause)
-            causes.setdefault((placement.group_name, cause), []).append(endpoint + "]" if endpoint else "")
+            match = _ENDPOINT_ERROR.fullmatch(error)
+            if match is None:
+                loose.setdefault(placement.group_name, [])
+                if error not in loose[placement.group_name]:
+                    loose[placement.group_name].append(error)
+                continue
+            endpoint, word, reason, code = match.groups()
+            examples = causes.setdefault((placement.group_name, word or "", int(code or 0)), {})
+            examples.setdefault(_URI.sub("sip:…", reason), []).append(f"[{endpoint}]")
     lines = []
-    for (group, cause), endpoints in sorted(causes.items(), key=lambda item: (-len(item[1]), item[0])):
-        named = [e for e in endpoints if e]
-        count = f"{len(named)} endpoint{'s' if len(named) != 1 else ''}: " if named else ""
-        examples = f" (e.g. {', '.join(named[:EXAMPLES_PER_CAUSE])})" if named else ""
-        lines.append(f"group {group}: {count}{cause}{examples}")
+    for group in summary.groups:
+        for count in group.outcomes:
+            if count.outcome == outcomes.SUCCESS:
+                continue
+            key = (group.group, outcome_word(count.outcome), count.sip_code)
+            found = causes.pop(key, None)
+            if found is None and (count.outcome, count.sip_code) == (outcomes.CALL_FAILED, 0):
+                found = causes.pop((group.group, "not_called", 0), None)  # a callee whose calls were lost
+            line = f"group {group.group}: {_endpoints(count.endpoints)} {outcome_text(count.outcome, count.sip_code)}"
+            if found:
+                cause, examples = max(found.items(), key=lambda item: len(set(item[1])))
+                line += f": {cause}{_examples(examples)}"
+            elif count.outcome == outcomes.ENGINE_ERROR and loose.get(group.group):
+                line += ": " + "; ".join(loose.pop(group.group))
+            lines.append(line)
+    for (group_name, _word, code), found in causes.items():
+        for cause, examples in sorted(found.items(), key=lambda item: -len(item[1])):
+            sip = f" (SIP {code})" if code else ""
+            lines.append(f"group {group_name}: {_endpoints(len(set(examples)))}: {cause}{sip}{_examples(examples)}")
+    lines += [f"group {group_name}: {reason}" for group_name, reasons in loose.items() for reason in reasons]
     return lines
+
+
+def _endpoints(count: int) -> str:
+    return f"{count} endpoint{'s' if count != 1 else ''}"
+
+
+def _examples(endpoints: list[str]) -> str:
+    return f" (e.g. {', '.join(list(dict.fromkeys(endpoints))[:EXAMPLES_PER_CAUSE])})"
 
 
 def cancel(sessions: sessionmaker[Session], run_id: str) -> tuple[runs_pb2.Run, list[Dispatch]]:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import structlog
 
-from callmeter.v1 import engine_pb2, results_pb2, tests_pb2, workers_pb2
+from callmeter.v1 import common_pb2, engine_pb2, results_pb2, tests_pb2, workers_pb2
 from services.worker.engines import EngineProcess
 from services.worker.loop_lag import LoopLag
 
@@ -202,4 +202,5 @@ class RunExecution:
         for piece in slices:
             for index in range(piece.first_index, piece.first_index + piece.count):
                 self.lost.add((piece.group, index))
-                self._record(workers_pb2.EndpointError(group=piece.group, endpoint=index, reason=reason))
+                self._record(workers_pb2.EndpointError(group=piece.group, endpoint=index, reason=reason,
+                                                       outcome=common_pb2.ENDPOINT_OUTCOME_ENGINE_ERROR))

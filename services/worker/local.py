@@ -1,18 +1,20 @@
 """`callmeter worker --local FILE.yaml`: one test file run on this machine, without the platform.
 
-For debugging a test and for the interop tests. The file is read and checked against what this
-machine's SIP engine has (a probe engine reports its codecs and limits), then run exactly as an
-assignment from the gateway would be: the same ``Supervisor`` packs the endpoints on engine
-processes, resolves credentials (``CALLMETER_SECRETS_FILE`` or ``CALLMETER_CREDENTIAL_*``) and
-follows the engines; only the stream to the gateway is replaced by JSON lines on stdout.
+For debugging a test and for the interop tests. The file is read and checked as the platform
+checks it (callmeter/common/spec_check.py), against what this machine's SIP engine has (a probe
+engine reports its codecs and limits); each problem is a line "FILE: FIELD: PROBLEM" on stderr,
+as `callmeter test validate` prints it. Then it is run exactly as an assignment from the gateway
+would be: the same ``Supervisor`` packs the endpoints on engine processes, resolves credentials
+(``CALLMETER_SECRETS_FILE`` or ``CALLMETER_CREDENTIAL_*``) and follows the engines; only the
+stream to the gateway is replaced by JSON lines on stdout.
 
 Stdout carries JSON lines only, one object per line, told apart by ``type``:
 
 - ``sample``: one endpoint-second, ``{"type", "second", "group", "endpoint", "metrics"}``.
-  ``second`` is the Unix second measured; ``metrics`` is the ``EndpointMetrics`` message with
-  the zero fields left out (as on the wire: a metric that is absent is 0), in the catalog's
-  stored integers (divide by the metric's scale in docs/metrics.md: ``mos`` 412 is 4.12,
-  ``rx_jitter_us`` is microseconds).
+  ``second`` is the Unix second measured; ``metrics`` has each catalog metric measured in that
+  second in its unit (``callmeter.catalog.sample_values``: ``mos`` 4.12, ``rx_jitter_us`` in ms
+  as docs/metrics.md gives it), zeros included; a metric not measured (a quality figure outside
+  a call, a time whose event did not happen in the second) is absent.
 - ``error``: an endpoint error as it happens, ``{"type", "second", "group", "endpoint",
   "sip_code", "reason"}`` (``second``: when the worker got it).
 - ``summary``: after the run, one per group and last one for the whole run (``group`` ""), in
@@ -53,23 +55,23 @@ import structlog
 from google.protobuf.message import Message
 from pydantic import SecretStr
 
-from callmeter.catalog import BY_NAME
-from callmeter.common.codecs import codec_matches, codec_names
+from callmeter.catalog import BY_NAME, sample_values
+from callmeter.common import outcomes, spec_check
 from callmeter.common.enum_words import word
 from callmeter.common.errors import CallmeterError, ConfigError, ErrorCode
 from callmeter.common.exit_codes import ExitCode
 from callmeter.common.generator_load import LoadTally, load_json
 from callmeter.common.logging import configure_logging
+from callmeter.common.outcomes import outcome_word, outcomes_json
 from callmeter.common.service import install_signal_handlers, print_config_error
 from callmeter.common.settings import load_settings
 from callmeter.common.start_waves import (
-    GROUP_PREFIX,
     REGISTRATION_WAIT_S,
     awaited_groups,
     has_registered,
     wait_reason,
 )
-from callmeter.common.testspec import SpecError, load_spec_file, violation
+from callmeter.common.testspec import SpecError, load_spec_file, problem_lines, violation
 from callmeter.common.verdict import judge, measured
 from callmeter.v1 import common_pb2, results_pb2, runs_pb2, tests_pb2, workers_pb2
 from services.worker.engines import probe_engine
@@ -95,67 +97,36 @@ def main(spec_path: Path, duration_s: float | None = None, summary_only: bool = 
         spec = load_spec_file(spec_path)
         settings = load_settings(WorkerSettings, worker_token=SecretStr("unused in local mode"))
     except CallmeterError as error:
-        _print_error(error)
+        _print_error(error, spec_path)
         return ExitCode.ERROR
     configure_logging("worker", settings.log_level, settings.log_format)
     try:
         return asyncio.run(run_local(settings, spec, JsonLines(out or sys.stdout, summary_only), duration_s))
     except CallmeterError as error:
-        _print_error(error)
+        _print_error(error, spec_path)
         return ExitCode.ERROR
 
 
-def _print_error(error: CallmeterError) -> None:
-    if isinstance(error, ConfigError):
+def _print_error(error: CallmeterError, spec_path: Path) -> None:
+    if isinstance(error, SpecError):  # as `callmeter test validate` prints them: a line per problem
+        for line in problem_lines(spec_path, error.violations):
+            print(line, file=sys.stderr)
+    elif isinstance(error, ConfigError):
         print_config_error(error)
     else:
         print(f"callmeter: error: {error.detail}", file=sys.stderr)
 
 
 def check_spec(spec: tests_pb2.TestSpec, capacity: workers_pb2.WorkerCapacity) -> list[common_pb2.FieldViolation]:
-    """What this machine cannot run, each problem with its field path; empty when it can.
+    """What stops this machine running the spec, each problem with its field path; empty when nothing.
 
-    Not the platform's whole validation (services/api/validation.py): what the worker itself
-    must know, the groups and what its SIP engine has.
+    The platform's check (callmeter/common/spec_check.py) against this machine's SIP engine, and
+    what only the machine running the phones can see: whether each WAV file can be read here.
     """
-    problems: list[common_pb2.FieldViolation] = []
-    if not spec.groups:
-        problems.append(violation("groups", "a test needs at least one group"))
-    groups = {group.name: group for group in spec.groups}
-    seen: set[str] = set()
+    problems = spec_check.check_spec(spec, spec_check.capabilities([capacity], where="on this machine"))
     for i, group in enumerate(spec.groups):
-        path = f"groups[{i}]"
-        if not group.name:
-            problems.append(violation(f"{path}.name", "required"))
-        elif group.name in seen:
-            problems.append(violation(f"{path}.name", f"{group.name!r} is already the name of an earlier group"))
-        seen.add(group.name)
-        if group.count < 1:
-            problems.append(violation(f"{path}.count", f"must be at least 1 (got {group.count})"))
-        if group.role == common_pb2.ENDPOINT_ROLE_UNSPECIFIED:
-            problems.append(violation(f"{path}.role", "required: caller, callee or registrar_only"))
-        call_uri = group.target.call_uri
-        if group.role == common_pb2.ENDPOINT_ROLE_CALLER and call_uri.startswith(GROUP_PREFIX):
-            callee = groups.get(call_uri.removeprefix(GROUP_PREFIX))
-            if callee is None or callee.role != common_pb2.ENDPOINT_ROLE_CALLEE:
-                callees = [name for name, g in groups.items() if g.role == common_pb2.ENDPOINT_ROLE_CALLEE]
-                problems.append(violation(f"{path}.target.call_uri",
-                                          f"{call_uri!r} names no callee group (callee groups: "
-                                          f"{', '.join(callees) or 'none'})"))
-        for j, codec in enumerate(group.codecs):
-            if not any(codec_matches(codec, codec_id) for codec_id in capacity.codecs):
-                problems.append(violation(f"{path}.codecs[{j}]",
-                                          f"codec {codec!r} is not in this machine's SIP engine (it has: "
-                                          f"{', '.join(codec_names(list(capacity.codecs)))})"))
-        transport = group.transport or common_pb2.TRANSPORT_UDP
-        if transport not in capacity.transports:
-            problems.append(violation(f"{path}.transport", f"{word(common_pb2.Transport, transport)} is not "
-                                                           "supported by this machine's SIP engine"))
-        if group.srtp_keying and group.srtp_keying not in capacity.srtp_keyings:
-            problems.append(violation(f"{path}.srtp_keying", f"{word(common_pb2.SrtpKeying, group.srtp_keying)} "
-                                                             "is not supported by this machine's SIP engine"))
         if group.media.wav_path and not os.access(group.media.wav_path, os.R_OK):
-            problems.append(violation(f"{path}.media.wav_path", f"cannot read {group.media.wav_path}"))
+            problems.append(violation(f"groups[{i}].media.wav_path", f"cannot read {group.media.wav_path}"))
     return problems
 
 
@@ -200,7 +171,6 @@ class _Totals:
     # (group, endpoint) -> registered in any second so far; its keys are the endpoints that reported
     registered: dict[tuple[str, int], bool] = field(default_factory=dict)
     register_attempted: set[tuple[str, int]] = field(default_factory=set)
-    failed_endpoints: set[tuple[str, int]] = field(default_factory=set)
     errors: int = 0
     mos: array.array[int] = field(default_factory=lambda: array.array("I"))
     jitter: array.array[int] = field(default_factory=lambda: array.array("I"))
@@ -238,7 +208,6 @@ class _Totals:
         self.failures_by_code.update(other.failures_by_code)
         self.registered.update(other.registered)
         self.register_attempted.update(other.register_attempted)
-        self.failed_endpoints.update(other.failed_endpoints)
         for name in ("mos", "jitter", "rtt", "setup"):
             getattr(self, name).extend(getattr(other, name))
 
@@ -274,7 +243,8 @@ class _Totals:
             "type": "summary",
             "group": summary.group,
             "endpoints": summary.endpoints,
-            "endpoints_failed": len(self.failed_endpoints),
+            "endpoints_failed": summary.endpoints_failed,
+            "outcomes": outcomes_json(summary),
             "errors": self.errors,
             "registered": summary.registered,
             "register_attempts": self.register_attempts,
@@ -323,10 +293,10 @@ class Verdict:
     reasons: list[str]
 
 
-def judge_run(spec: tests_pb2.TestSpec, summary: results_pb2.RunSummary, endpoints_failed: int) -> Verdict:
+def judge_run(spec: tests_pb2.TestSpec, summary: results_pb2.RunSummary) -> Verdict:
     """The platform's verdict on the summary (fills summary.gates; the default gate without gates)."""
     planned = sum(group.count for group in spec.groups)
-    verdict, reasons = judge(summary, list(spec.gates), planned, endpoints_failed)
+    verdict, reasons = judge(summary, list(spec.gates), planned, summary.total.endpoints_failed)
     return Verdict(word(runs_pb2.Verdict, verdict), reasons)
 
 
@@ -335,7 +305,10 @@ class LocalOutput:
 
     def __init__(self, spec: tests_pb2.TestSpec, lines: JsonLines) -> None:
         self.lines = lines
+        self.spec = spec
         self.totals = {group.name: _Totals() for group in spec.groups}
+        # (group, endpoint) → (second, outcome, SIP code) of its newest sample: how it ended.
+        self.outcomes: dict[tuple[str, int], tuple[int, int, int]] = {}
         self.answering = {group.name for group in spec.groups if group.role == common_pb2.ENDPOINT_ROLE_CALLEE}
         self.status: workers_pb2.AssignmentStatus | None = None
         self.load = LoadTally()
@@ -358,18 +331,20 @@ class LocalOutput:
         if totals is not None:
             totals.add(sample)
         self.load.add(sample)
+        key = (sample.group, sample.endpoint)
+        if sample.second >= self.outcomes.get(key, (0, 0, 0))[0]:
+            self.outcomes[key] = (sample.second, sample.metrics.outcome, sample.metrics.outcome_code)
         if not self.lines.summary_only:
-            metrics = {f.name: value for f, value in sample.metrics.ListFields()}
             self.lines.write({"type": "sample", "second": sample.second, "group": sample.group,
-                              "endpoint": sample.endpoint, "metrics": metrics})
+                              "endpoint": sample.endpoint, "metrics": sample_values(sample.metrics)})
 
     def error(self, _run_id: str, error: workers_pb2.EndpointError) -> None:
         totals = self.totals.get(error.group)
         if totals is not None:
             totals.errors += 1
-            totals.failed_endpoints.add((error.group, error.endpoint))
         self.lines.write({"type": "error", "second": int(time.time()), "group": error.group,
-                          "endpoint": error.endpoint, "sip_code": error.sip_code, "reason": error.reason})
+                          "endpoint": error.endpoint, "outcome": outcome_word(error.outcome) if error.outcome else None,
+                          "sip_code": error.sip_code, "reason": error.reason})
 
     def refusal(self) -> str:
         """Why the supervisor refused the assignment (it sent a failed status with the reason)."""
@@ -395,6 +370,11 @@ class LocalOutput:
         if load is not None:
             summary.workers.append(load)
             summary.total.overloaded_s = load.overloaded_s
+        counts = outcomes.tally({key: (outcome, code) for key, (_, outcome, code) in self.outcomes.items()},
+                                {group.name: group.count for group in self.spec.groups}, outcomes.call_map(self.spec))
+        for group in summary.groups:
+            outcomes.set_outcomes(group, counts.get(group.group, Counter()))
+        outcomes.set_outcomes(summary.total, sum(counts.values(), Counter()))
         return summary, run
 
     def summaries(self, summary: results_pb2.RunSummary, run: _Totals, verdict: Verdict, state: str,
@@ -504,10 +484,10 @@ async def run_local(settings: WorkerSettings, spec: tests_pb2.TestSpec, lines: J
         supervisor.flush()
     status = supervisor.finished.get(run_id) or output.status or workers_pb2.AssignmentStatus()
     summary, run = output.run_summary(run_id)
-    verdict = Verdict("error", [not_judged]) if not_judged else judge_run(spec, summary, status.endpoints_failed)
+    verdict = Verdict("error", [not_judged]) if not_judged else judge_run(spec, summary)
     exit_code = {"pass": ExitCode.OK, "fail": ExitCode.RUN_FAILED}.get(verdict.name, ExitCode.ERROR)
     state = word(workers_pb2.AssignmentState, status.state)
     output.summaries(summary, run, verdict, state, int(exit_code))
-    log.info("local_run_ended", run_id=run_id, state=state, endpoints_failed=status.endpoints_failed,
+    log.info("local_run_ended", run_id=run_id, state=state, endpoints_failed=summary.total.endpoints_failed,
              verdict=verdict.name)
     return exit_code

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Literal
@@ -49,8 +48,10 @@ class WorkerSettings(ProcessSettings):
     rtp_port_max: int = Field(default=65535, ge=1024, le=65535)
     #: YAML file with SIP credentials by reference name; never sent to the platform.
     secrets_file: Path | None = None
-    #: Engine processes (one pjsua2 stack each) this worker may run at once.
-    max_engines: int = Field(default_factory=lambda: 16 * (os.cpu_count() or 1), ge=1, le=4096)
+    #: Engine processes (one pjsua2 stack each) this worker may run at once; unset: as many as this
+    #: machine's CPUs and memory carry (services/worker/pool_size.py).
+    max_engines: int | None = Field(default=None, ge=1, le=4096,
+                                    description="sized at start from this machine's CPUs and memory")
     #: Samples are sent up in one batch per run this often.
     flush_interval_s: float = Field(default=1.0, gt=0, le=60)
     #: Bound of the buffer of batches the gateway has not acked; the oldest are dropped beyond it.

@@ -18,7 +18,8 @@ from callmeter.v1 import common_pb2, engine_pb2, workers_pb2
 from services.worker import credentials
 from services.worker.execution import RunExecution
 from services.worker.loop_lag import LoopLag
-from services.worker.packing import pack, rtp_ranges
+from services.worker.packing import PackingError, pack, rtp_ranges
+from services.worker.pool_size import Limit, Machine, machine_limits, this_machine
 from services.worker.settings import WorkerSettings
 from services.worker.uplink import Uplink
 
@@ -34,19 +35,31 @@ TRANSPORTS = [common_pb2.TRANSPORT_UDP, common_pb2.TRANSPORT_TCP, common_pb2.TRA
 RTP_PORTS_PER_CALL = 4
 
 
-def capacity_from(ready: engine_pb2.EngineReady | None, settings: WorkerSettings) -> workers_pb2.WorkerCapacity:
-    """What this worker can run, from what a probe engine reported (nothing if none started):
-    ``CALLMETER_MAX_ENGINES`` engines, fewer if the RTP range cannot give each its calls' ports;
-    a range too small for one engine is a setting that cannot be used."""
-    if ready is None:
-        return workers_pb2.WorkerCapacity()
+def engine_limits(ready: engine_pb2.EngineReady, settings: WorkerSettings, machine: Machine | None = None) -> list[Limit]:
+    """What bounds the engine pool: CALLMETER_MAX_ENGINES, or else this machine's CPUs and memory
+    (services/worker/pool_size.py); and the RTP range, which must give each engine its calls' ports."""
+    limits = ([Limit(settings.max_engines, f"CALLMETER_MAX_ENGINES={settings.max_engines}")] if settings.max_engines
+              else machine_limits(machine or this_machine()))
     ports = settings.rtp_port_max - settings.rtp_port_min + 1
     per_engine_ports = ready.max_calls * RTP_PORTS_PER_CALL
-    engines = min(settings.max_engines, ports // per_engine_ports)
+    limits.append(Limit(ports // per_engine_ports, f"the RTP range {settings.rtp_port_min}-{settings.rtp_port_max} "
+                                                   f"at {per_engine_ports} ports an engine"))
+    return limits
+
+
+def capacity_from(ready: engine_pb2.EngineReady | None, settings: WorkerSettings,
+                  machine: Machine | None = None) -> workers_pb2.WorkerCapacity:
+    """What this worker can run, from what a probe engine reported (nothing if none started): as
+    many engines as the tightest of engine_limits allows; a range too small for one engine is a
+    setting that cannot be used."""
+    if ready is None:
+        return workers_pb2.WorkerCapacity()
+    engines = min(limit.engines for limit in engine_limits(ready, settings, machine))
     if engines < 1:
+        ports = settings.rtp_port_max - settings.rtp_port_min + 1
         raise ConfigError("CALLMETER_RTP_PORT_MIN", f"the RTP range {settings.rtp_port_min}-{settings.rtp_port_max} "
-                          f"(CALLMETER_RTP_PORT_MIN/_MAX) holds {ports} ports; one engine needs {per_engine_ports} "
-                          f"({ready.max_calls} calls × {RTP_PORTS_PER_CALL})")
+                          f"(CALLMETER_RTP_PORT_MIN/_MAX) holds {ports} ports; one engine needs "
+                          f"{ready.max_calls * RTP_PORTS_PER_CALL} ({ready.max_calls} calls × {RTP_PORTS_PER_CALL})")
     per_engine = min(ready.max_calls, ready.max_accounts)
     return workers_pb2.WorkerCapacity(
         max_endpoints=per_engine * engines, codecs=list(ready.codecs), transports=TRANSPORTS,
@@ -54,13 +67,16 @@ def capacity_from(ready: engine_pb2.EngineReady | None, settings: WorkerSettings
         engine_max_accounts=ready.max_accounts, max_engines=engines)
 
 
-def capacity_text(capacity: workers_pb2.WorkerCapacity, settings: WorkerSettings) -> str:
-    """What the worker offers and what limits it, as said at start."""
+def capacity_text(capacity: workers_pb2.WorkerCapacity, settings: WorkerSettings, machine: Machine | None = None) -> str:
+    """What the worker offers, what limits it and what the other bounds would allow, as said at start:
+    "320 endpoints: 80 engines × 4, limited by 2 cores × 60 % at 1.5 % of a core an engine (also:
+    384 by 23.5 GiB available × 0.5 at 32 MB an engine; 3458 by the RTP range 10000-65535 …)"."""
     per_engine = min(capacity.engine_max_calls, capacity.engine_max_accounts)
-    limit = (f"CALLMETER_MAX_ENGINES={settings.max_engines}" if capacity.max_engines == settings.max_engines else
-             f"the RTP range {settings.rtp_port_min}-{settings.rtp_port_max} gives {capacity.max_engines} engines of "
-             f"{capacity.engine_max_calls * RTP_PORTS_PER_CALL} ports each (CALLMETER_MAX_ENGINES={settings.max_engines})")
-    return f"{capacity.max_endpoints} endpoints: {capacity.max_engines} engines × {per_engine}, limited by {limit}"
+    ready = engine_pb2.EngineReady(max_calls=capacity.engine_max_calls, max_accounts=capacity.engine_max_accounts)
+    limits = sorted(engine_limits(ready, settings, machine), key=lambda limit: limit.engines)
+    others = "; ".join(f"{limit.engines} by {limit.why}" for limit in limits[1:])
+    return (f"{capacity.max_endpoints} endpoints: {capacity.max_engines} engines × {per_engine}, limited by "
+            f"{limits[0].why} (also: {others})")
 
 
 class Supervisor:
@@ -136,7 +152,7 @@ class Supervisor:
         self._status(workers_pb2.AssignmentStatus(run_id=assignment.run_id, state=workers_pb2.ASSIGNMENT_STATE_FAILED,
                                                   endpoints_failed=sum(by_group.values()),
                                                   endpoints_failed_by_group=by_group,
-                                                  errors=[workers_pb2.EndpointError(reason=reason)]))
+                                                  errors=[workers_pb2.EndpointError(reason=reason, outcome=common_pb2.ENDPOINT_OUTCOME_ENGINE_ERROR)]))
 
     def _accept(self, assignment: workers_pb2.Assignment) -> None:
         run_id = assignment.run_id
@@ -146,7 +162,11 @@ class Supervisor:
         if per_engine < 1:
             self._refuse(assignment, "this worker has no working SIP engine; see its log")
             return
-        packed = pack(assignment.spec, list(assignment.slices), per_engine)
+        try:
+            packed = pack(assignment.spec, list(assignment.slices), per_engine)
+        except PackingError as error:
+            self._refuse(assignment, str(error))
+            return
         if len(packed) > len(self.free_slots):
             self._refuse(assignment, f"needs {len(packed)} engines, {len(self.free_slots)} free on this worker")
             return

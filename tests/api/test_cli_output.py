@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from callmeter.cli.run import exit_code, follow, format_result, junit_xml, progress_line, run_json
+from callmeter.common import outcomes
 from callmeter.common.exit_codes import ExitCode
 from callmeter.v1 import results_pb2, runs_pb2
 
@@ -42,6 +44,7 @@ def test_json_has_exactly_the_documented_shape() -> None:
         "name": "callers", "endpoints": 10, "registered": 10, "register_attempted": 0, "calls_attempted": 20,
         "calls_connected": 19, "calls_failed": 1, "mos_avg": 4.21, "mos_min": 3.5, "jitter_ms_p95": 4.5, "loss_pct": 0.25, "rtt_ms_p95": 12.0,
         "setup_ms_p95": 180.0, "endpoint_seconds": 600, "completeness_pct": 100.0, "overloaded_s": None,
+        "endpoints_failed": 0, "outcomes": [],
     }
     assert [g["name"] for g in data["groups"]] == ["callers", "callees"]
     not_measured = ("mos_avg", "mos_min", "jitter_ms_p95", "loss_pct", "rtt_ms_p95", "setup_ms_p95", "completeness_pct",
@@ -52,7 +55,31 @@ def test_json_has_exactly_the_documented_shape() -> None:
     assert (run_json(run, None)["groups"], run_json(run, None)["gates"], run_json(run, None)["total"]) == ([], [], None)
     summary.workers.add(worker="w1", overloaded_s=42, engine_lag_ms_max=2300.5, worker_lag_ms_max=12, engine_cpu_pct_max=97)
     assert run_json(run, summary)["workers"] == [{"worker": "w1", "overloaded_s": 42, "engine_lag_ms_max": 2300.5,
-                                                  "worker_lag_ms_max": 12.0, "engine_cpu_pct_max": 97.0}]
+                                                  "worker_lag_ms_max": 12.0, "engine_cpu_pct_max": 97.0,
+                                                  "endpoint_seconds": 0, "completeness_pct": None}]
+
+
+def test_outcomes_per_group_and_code_in_the_table_json_and_junit() -> None:
+    run, summary = fabricated()
+    outcomes.set_outcomes(summary.groups[0], Counter({(outcomes.SUCCESS, 0): 8, (outcomes.CALL_FAILED, 486): 1,
+                                                      (outcomes.TIMEOUT, 0): 1}))
+    outcomes.set_outcomes(summary.groups[1], Counter({(outcomes.SUCCESS, 0): 9, (outcomes.REGISTRATION_FAILED, 401): 1}))
+    outcomes.set_outcomes(summary.total, Counter({(outcomes.SUCCESS, 0): 17, (outcomes.CALL_FAILED, 486): 1,
+                                                  (outcomes.TIMEOUT, 0): 1, (outcomes.REGISTRATION_FAILED, 401): 1}))
+    text = format_result(run, summary)
+    assert "outcomes  callers: 8 success, 1 call failed (SIP 486), 1 timeout (no final response)" in text
+    assert "          callees: 9 success, 1 registration failed (SIP 401)" in text
+    data = run_json(run, summary)
+    assert data["groups"][0]["outcomes"] == [{"outcome": "success", "sip_code": None, "endpoints": 8},
+                                             {"outcome": "call_failed", "sip_code": 486, "endpoints": 1},
+                                             {"outcome": "timeout", "sip_code": None, "endpoints": 1}]
+    assert (data["groups"][0]["endpoints_failed"], data["total"]["endpoints_failed"]) == (2, 3)
+    suite = ET.fromstring(junit_xml("smoke", run, summary)).find("testsuite")
+    assert suite is not None
+    properties = {p.get("name"): p.get("value") for p in suite.findall("properties/property")}
+    assert {k: v for k, v in properties.items() if k.startswith("outcome.")} == {
+        "outcome.success": "17", "outcome.call_failed.486": "1", "outcome.timeout": "1",
+        "outcome.registration_failed.401": "1"}
 
 
 def test_junit_has_a_case_per_gate_and_a_failure_where_it_did_not_hold() -> None:

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import pytest
+import yaml
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.duration_pb2 import Duration
 from hypothesis import given
 from hypothesis import strategies as st
 
-from callmeter.common.testspec import parse_spec_yaml
+from callmeter.common.spec_check import ENGINE_CODECS, MAX_GROUP_ENDPOINTS
+from callmeter.common.testspec import load_spec_file, parse_spec_yaml
 from callmeter.v1 import common_pb2, tests_pb2, workers_pb2
-from services.api.validation import ENGINE_CODECS, MAX_GROUP_ENDPOINTS, capabilities, validate_spec
-from tests.api.world import valid_spec
+from services.api.handlers.tests import validate_test
+from callmeter.common.spec_check import capabilities, check_spec
+from tests.api.world import World, valid_spec
+from tests.bad_specs import BASE, REFUSED, BadFile, assert_reported
+from tests.procs import ROOT
 
 ENGINE = capabilities([])
 
 
 def fields(spec: tests_pb2.TestSpec) -> dict[str, str]:
-    return {v.field: v.description for v in validate_spec(spec, ENGINE)}
+    return {v.field: v.description for v in check_spec(spec, ENGINE)}
 
 
 def resolves(path: str, descriptor: Descriptor = tests_pb2.TestSpec.DESCRIPTOR) -> bool:
@@ -71,7 +78,7 @@ def test_codecs_transports_and_keyings_come_from_the_workers() -> None:
     spec.groups[1].codecs[:] = ["opus", "speex", "speex/16000", "PCMA"]
     spec.groups[1].srtp_keying = common_pb2.SRTP_KEYING_DTLS
     spec.groups[0].transport = common_pb2.TRANSPORT_TLS
-    assert {v.field for v in validate_spec(spec, caps)} == {"groups[1].codecs[3]", "groups[0].transport"}
+    assert {v.field for v in check_spec(spec, caps)} == {"groups[1].codecs[3]", "groups[0].transport"}
 
 
 def test_without_workers_the_engine_codecs_are_assumed() -> None:
@@ -114,7 +121,7 @@ _specs = st.builds(tests_pb2.TestSpec, name=_text, groups=st.lists(_groups, max_
 
 @given(_specs)
 def test_random_specs_never_crash_and_every_violation_names_a_real_field(spec: tests_pb2.TestSpec) -> None:
-    violations = validate_spec(spec, ENGINE)
+    violations = check_spec(spec, ENGINE)
     for v in violations:
         assert v.field and v.description
         assert resolves(v.field), v.field
@@ -145,7 +152,7 @@ def test_generated_valid_specs_pass(groups: list[tuple[int, str]]) -> None:
                         target=tests_pb2.SipTarget(aor="sip:{n}@127.0.0.1:5070"))
         spec.groups.add(name=f"callers{i}", count=count, role=common_pb2.ENDPOINT_ROLE_CALLER, codecs=[codec],
                         target=tests_pb2.SipTarget(call_uri=f"group:callees{i}"))
-    assert validate_spec(spec, ENGINE) == []
+    assert check_spec(spec, ENGINE) == []
 
 
 def test_sizes_beyond_the_limits_are_refused_with_their_field() -> None:
@@ -162,3 +169,32 @@ def test_sizes_beyond_the_limits_are_refused_with_their_field() -> None:
         many.groups.append(tests_pb2.EndpointGroup(name=f"extra{i}", count=1, role=common_pb2.ENDPOINT_ROLE_REGISTRAR_ONLY,
                                                    target=tests_pb2.SipTarget(registrar="sip:127.0.0.1")))
     assert fields(many)["groups"] == "at most 100 groups (got 101)"
+
+
+GOOD_FILES = sorted((ROOT / "examples").glob("*.yaml"))
+VIEWER = ("viewer", "project")
+
+
+def api_violations(world: World, path: Path) -> list[common_pb2.FieldViolation]:
+    """ValidateTest's answer for the file, as the API handler gives it (the project's workers)."""
+    request = tests_pb2.ValidateTestRequest(spec=load_spec_file(path))
+    return list(world.call(VIEWER, validate_test, request).violations)
+
+
+@pytest.mark.parametrize("bad", REFUSED, ids=lambda bad: bad.id)
+def test_each_bad_file_is_refused_by_the_api_naming_its_field(bad: BadFile, world: World, tmp_path: Path) -> None:
+    """The same table as `callmeter test validate` (tests/unit/test_testspec.py) and `worker
+    --local` (tests/worker/test_local.py)."""
+    [problem] = api_violations(world, bad.write(tmp_path))
+    assert_reported(bad, problem.field, problem.description)
+
+
+@pytest.mark.parametrize("good", GOOD_FILES, ids=lambda path: path.name)
+def test_the_examples_are_valid_for_the_api(good: Path, world: World) -> None:
+    assert api_violations(world, good) == []
+
+
+def test_the_table_s_base_file_is_valid_for_the_api(world: World, tmp_path: Path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(BASE))
+    assert api_violations(world, base) == []

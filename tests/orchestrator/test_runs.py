@@ -4,6 +4,7 @@ collection, cancel — each step read back from the database, as a restarted orc
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from nats.aio.msg import Msg
 from sqlalchemy.orm import Session, sessionmaker
 
+from callmeter.common import outcomes
 from callmeter.common.stores.database import create_database_engine
 from callmeter.common.stores.nats import EmbeddedNats
 from callmeter.common.stores.worker_commands import DELIVERED, command_subject
@@ -113,7 +115,7 @@ def test_a_run_goes_from_queued_to_finished_with_a_verdict(sessions: sessionmake
     cancels, collects = runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
     assert cancels == [] and run_row(sessions, run_id).state == "RUN_STATE_COLLECTING"
     cancels, collects = runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
-    assert [c.run_id for c in collects] == [run_id] and collects[0].groups == ["callees", "callers"]
+    assert [c.run_id for c in collects] == [run_id] and collects[0].request.groups == ["callees", "callers"]
 
     summary = good_summary(run_id)
     summary.workers.add(worker=worker_id, overloaded_s=5, engine_lag_ms_max=250, engine_cpu_pct_max=40)
@@ -232,6 +234,46 @@ def test_errors_differing_only_in_the_endpoints_address_are_one_cause(sessions: 
     runs.finish(sessions, run_id, good_summary(run_id), give_up=False)
     assert run_row(sessions, run_id).reasons == [
         "group callers: 2 endpoints: call to sip:…;transport=udp failed: 486 Busy Here (SIP 486) (e.g. [0], [1])"]
+
+
+def test_reasons_count_each_outcome_exactly_and_the_default_gate_counts_failed_outcomes(
+        sessions: sessionmaker[Session]) -> None:
+    """Seen: wrong passwords among the callers failed their callees too, and the reasons counted
+    only the errors the worker's statuses happened to carry. Here 3 of 5 callers fail to register
+    but the statuses carry the errors of 2; their 3 callees were not called."""
+    spec = tests_pb2.TestSpec()
+    spec.CopyFrom(SPEC)
+    del spec.gates[:]  # the default gate
+    for group in spec.groups:
+        group.count = 5
+    run_id = new_run(sessions, spec=spec)
+    worker_id = admit(sessions, "w1", max_endpoints=10)
+    runs.submit(sessions, run_id)
+    runs.mark_delivery(sessions, runs.pending_dispatches(sessions)[0], delivered=True)
+    errors = [workers_pb2.EndpointError(group="callers", endpoint=i, sip_code=401, outcome=outcomes.REGISTRATION_FAILED,
+                                        reason=f"REGISTER to sip:10.0.0.1 failed: 401 Unauthorized (sip:{i}@pbx)")
+              for i in (0, 1)]
+    errors.append(workers_pb2.EndpointError(group="callees", endpoint=0, outcome=outcomes.NOT_CALLED,
+                                            reason="0 of the 1 calls the callers' schedule would place arrived"))
+    report(sessions, worker_id, workers_pb2.AssignmentStatus(
+        run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_DONE, errors=errors))
+    summary = good_summary(run_id)
+    callees, callers = summary.groups.add(group="callees"), summary.groups.add(group="callers")
+    outcomes.set_outcomes(callers, Counter({(outcomes.REGISTRATION_FAILED, 401): 3, (outcomes.SUCCESS, 0): 2}))
+    outcomes.set_outcomes(callees, Counter({(outcomes.NOT_CALLED, 0): 3, (outcomes.SUCCESS, 0): 2}))
+    outcomes.set_outcomes(summary.total, Counter({(outcomes.REGISTRATION_FAILED, 401): 3, (outcomes.NOT_CALLED, 0): 3,
+                                                  (outcomes.SUCCESS, 0): 4}))
+    runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
+    runs.finish(sessions, run_id, summary, give_up=False)
+    row = run_row(sessions, run_id)
+    assert (row.state, row.verdict) == ("RUN_STATE_FINISHED", "VERDICT_FAIL")
+    assert row.reasons == [
+        "endpoints_failed == 0 (default gate: the test sets none): 3 of 10 endpoints failed",
+        "group callees: 3 endpoints not called (its callers failed first): 0 of the 1 calls the callers' "
+        "schedule would place arrived (e.g. [0])",
+        "group callers: 3 endpoints registration failed (SIP 401): REGISTER to sip:… failed: 401 Unauthorized "
+        "(sip:…) (e.g. [0], [1])",
+    ]
 
 
 def test_a_lost_worker_fails_its_endpoints_and_the_run_goes_on(sessions: sessionmaker[Session]) -> None:

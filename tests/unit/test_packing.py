@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from callmeter.v1 import results_pb2, tests_pb2, workers_pb2
-from services.worker.packing import pack, rtp_ranges
+from callmeter.v1 import common_pb2, results_pb2, tests_pb2, workers_pb2
+from services.worker.packing import PackingError, pack, rtp_ranges
 from services.worker.uplink import Uplink
 
 
@@ -65,3 +65,33 @@ def test_uplink_drops_the_oldest_beyond_its_bound_and_counts_them() -> None:
     assert uplink.unacked_bytes <= 100
     assert uplink.dropped_samples == 20 - len(uplink.resend())
     assert uplink.resend()[-1].sequence == 20  # the newest are kept
+
+
+def callees_on(port: int, name: str = "callees", codecs: tuple[str, ...] = ("PCMU",)) -> tests_pb2.EndpointGroup:
+    group = tests_pb2.EndpointGroup(name=name, role=common_pb2.ENDPOINT_ROLE_CALLEE, codecs=list(codecs))
+    group.target.aor = f"sip:callee{{n}}@127.0.0.1:{port}"
+    return group
+
+
+def test_callees_listening_on_one_port_share_one_engine() -> None:
+    """Seen: callees split over two engines; the second could not bind the port ("Address already in use")."""
+    callers = tests_pb2.EndpointGroup(name="callers", role=common_pb2.ENDPOINT_ROLE_CALLER, codecs=["PCMU"])
+    spec = tests_pb2.TestSpec(groups=[callers, callees_on(5070)])
+    engines = pack(spec, slices(("callers", 0, 2), ("callees", 0, 3)), per_engine=4)
+    assert as_tuples(engines) == [[("callees", 0, 3)], [("callers", 0, 2)]]
+    # Each callee on its own port ({n} in the port) packs as any group does.
+    own = callees_on(0)
+    own.target.aor, own.target.number_start = "sip:{n}@127.0.0.1:{n}", 5070
+    spec = tests_pb2.TestSpec(groups=[callers, own])
+    assert as_tuples(pack(spec, slices(("callers", 0, 2), ("callees", 0, 3)), per_engine=4)) == [
+        [("callers", 0, 2), ("callees", 0, 2)], [("callees", 2, 1)]]
+
+
+def test_more_callees_on_one_port_than_an_engine_holds_is_refused_with_the_way_out() -> None:
+    spec = tests_pb2.TestSpec(groups=[callees_on(5070)])
+    with pytest.raises(PackingError, match=r"'callees': 5 callees listen on SIP port 5070 .* at most 4; give each "
+                                           r"callee its own port, e.g. target.aor sip:\{n\}@HOST:\{n\}"):
+        pack(spec, slices(("callees", 0, 5)), per_engine=4)
+    two = tests_pb2.TestSpec(groups=[callees_on(5070, "a"), callees_on(5070, "b", ("G722",))])
+    with pytest.raises(PackingError, match="groups 'a', 'b' listen on SIP port 5070, so they share one engine"):
+        pack(two, slices(("a", 0, 1), ("b", 0, 1)), per_engine=4)

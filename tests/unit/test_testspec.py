@@ -10,8 +10,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from callmeter.cli.main import main
 from callmeter.common.testspec import SpecError, load_spec_file, parse_spec_yaml, spec_to_yaml
 from callmeter.v1 import common_pb2, tests_pb2
+from tests.bad_specs import BAD_FILES, BASE, BadFile, assert_one_line, problem_lines
 from tests.procs import ROOT, run_callmeter
 
 
@@ -29,6 +31,14 @@ groups:
     assert group.scenario.call_duration.seconds == 20
     assert group.scenario.ring_timeout.ToMilliseconds() == 1500
     assert group.scenario.dtmf.method == common_pb2.DTMF_METHOD_SIP_INFO
+
+
+def test_off_is_an_enum_word_though_yaml_reads_it_as_false() -> None:
+    spec = parse_spec_yaml("name: t\ngroups: [{name: a, srtp: off}, {name: b, srtp: no}]\n")
+    assert spec.groups[0].srtp == common_pb2.SRTP_MODE_OFF
+    with pytest.raises(SpecError) as error:
+        parse_spec_yaml("name: t\ngroups: [{name: a, transport: off}]\n")
+    assert [v.field for v in error.value.violations] == ["groups[0].transport"]
 
 
 def test_every_problem_is_reported_with_its_path() -> None:
@@ -63,6 +73,36 @@ def test_validate_command_reports_problems(tmp_path: Path) -> None:
     result = run_callmeter("test", "validate", str(bad))
     assert result.returncode == 2
     assert "groups[0].role: 'dancer' is not one of" in result.stderr
+
+
+@pytest.fixture
+def no_platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`validate` in-process with no platform configured: no profile, no CALLMETER_API."""
+    monkeypatch.setenv("CALLMETER_PROFILE", str(tmp_path / "no-profile.json"))
+    for name in ("CALLMETER_API", "CALLMETER_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("bad", BAD_FILES, ids=lambda bad: bad.id)
+def test_validate_refuses_each_bad_file_on_one_line_naming_its_field(
+        bad: BadFile, tmp_path: Path, no_platform: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """Seen: `validate` said "valid" for 16 of 35 bad files. The same table as the API's
+    (tests/api/test_validation.py) and `worker --local`'s (tests/worker/test_local.py)."""
+    file = bad.write(tmp_path)
+    assert main(["test", "validate", str(file)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert problem_lines(err, file) == err.splitlines(), "nothing but the problem lines"
+    assert_one_line(bad, file, problem_lines(err, file))
+
+
+def test_validate_without_a_platform_says_what_it_checked_against(
+        tmp_path: Path, no_platform: None, capsys: pytest.CaptureFixture[str]) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(BASE))
+    assert main(["test", "validate", str(base)]) == 0
+    assert capsys.readouterr().out == (f"{base}: valid: test 'table', 2 groups, 4 endpoints "
+                                       "(checked against callmeter's own SIP engine; no platform configured)\n")
 
 
 @pytest.mark.parametrize("content, problem", [

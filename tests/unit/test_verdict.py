@@ -76,7 +76,8 @@ def test_every_gate_metric_reads_a_summary_field() -> None:
     assert {metric for metric in GATE_METRICS if not metric.endswith("_pct")} <= fields
     measured = results_pb2.GroupSummary(endpoints=4, registered=4, calls_attempted=2, calls_connected=2, mos_avg=4,
                                         mos_min=4, jitter_ms_p95=1, loss_pct=0, rtt_ms_p95=1, setup_ms_p95=1,
-                                        completeness_pct=100, overloaded_s=0)
+                                        completeness_pct=100, overloaded_s=0,
+                                        outcomes=[results_pb2.OutcomeCount(outcome=1, endpoints=4)])
     assert all(isinstance(read(measured), (int, float)) for read in METRICS.values())
     assert all(read(results_pb2.GroupSummary()) is None for name, read in METRICS.items() if name != "registered_pct")
 

@@ -64,3 +64,11 @@ def samples_of(engine: EngineProcess) -> list:
 
 def total(samples: list, field: str) -> int:
     return sum(getattr(s.metrics, field) for s in samples)
+
+
+def final_outcomes(samples: list) -> dict[tuple[str, int], tuple[int, int]]:
+    """(group, endpoint) → (outcome, outcome_code) of its newest sample: how the endpoint ended."""
+    newest = {}
+    for sample in sorted(samples, key=lambda s: s.second):
+        newest[(sample.group, sample.endpoint)] = (sample.metrics.outcome, sample.metrics.outcome_code)
+    return newest

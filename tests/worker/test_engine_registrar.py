@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from callmeter.common import outcomes
 from callmeter.v1 import common_pb2, engine_pb2, tests_pb2
-from tests.worker.conftest import samples_of, total
+from tests.worker.conftest import final_outcomes, samples_of, total
 from tests.worker.kamailio import PASSWORD, kamailio
 
 
@@ -73,3 +74,7 @@ def test_register_call_through_the_registrar_and_unregister(engines, registrar: 
     wrong_samples = [s for s in samples_of(caller_engine) if s.group == "wrong"]
     assert total(wrong_samples, "register_failures") == 1
     assert {s.metrics.register_last_code for s in wrong_samples} == {401}
+    # One outcome each, the registrar's code with the failure.
+    assert final_outcomes(samples_of(caller_engine) + samples_of(callee_engine)) == {
+        ("callers", 0): (outcomes.SUCCESS, 0), ("callees", 0): (outcomes.SUCCESS, 0),
+        ("wrong", 0): (outcomes.REGISTRATION_FAILED, 401)}

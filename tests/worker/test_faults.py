@@ -1,7 +1,7 @@
 """Faults with real peers on loopback: each gives a per-endpoint error with the SIP code or the
 reason, and the rest of the run goes on.
 
-Peers are SIPp scenarios (tests/worker/sipp/) answering 403, 404, 486, 503 or ringing forever,
+Peers are SIPp scenarios (tests/worker/sipp/) answering 403, 404, 486, 488, 503 or ringing forever,
 SIPp's UAS echoing RTP, a loopback port nobody listens on, an RTP range too small for the
 calls, and an engine killed with SIGKILL under the supervisor's RunExecution. A wrong password
 (401 from Kamailio's digest) is covered in test_engine_registrar.py. Bounded: calls of a few
@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from callmeter.common import outcomes
 from callmeter.v1 import common_pb2, engine_pb2, results_pb2, tests_pb2, workers_pb2
 from services.worker.execution import RunExecution
 from services.worker.packing import pack, rtp_ranges
-from tests.worker.conftest import free_udp_port, samples_of, total
+from tests.worker.conftest import final_outcomes, free_udp_port, samples_of, total
 from tests.worker.sipp import Sipp, require_sipp
 
 REJECTIONS = {403: "Forbidden", 404: "Not Found", 486: "Busy Here", 503: "Service Unavailable"}
@@ -84,30 +85,37 @@ def test_rejected_calls_report_their_code_and_each_phone_calls_again(engines, tm
         assert total(metrics, "calls_failed") == 2
         assert total(metrics, "calls_connected") == 0
         assert {s.metrics.call_last_code for s in metrics if s.metrics.calls_failed} == {code}
+    # One outcome per endpoint, with the code received.
+    assert final_outcomes(samples) == {(f"to{code}", 0): (outcomes.CALL_FAILED, code) for code in REJECTIONS}
     assert "Assertion" not in engine.log()
 
 
 def test_no_answer_and_unreachable_target_while_another_call_goes_on(engines, tmp_path: Path) -> None:
     require_sipp()
     ringing, echo = Sipp("uas_ring.xml", tmp_path), Sipp("uas", tmp_path, "-rtp_echo")
+    refusing = Sipp("uas_488.xml", tmp_path)
     try:
         ringing.wait_listening()
         echo.wait_listening()
+        refusing.wait_listening()
         closed = free_udp_port()  # nothing listens there
         spec = tests_pb2.TestSpec(name="no-answer")
         add_caller(spec, "noanswer", f"sip:service@{ringing.uri_host}", ring_timeout_s=2)
         add_caller(spec, "unreachable", f"sip:service@127.0.0.1:{closed}", ring_timeout_s=2)
         add_caller(spec, "talker", f"sip:service@{echo.uri_host}", duration_s=4)
+        add_caller(spec, "refused", f"sip:service@{refusing.uri_host}")
         engine = engines("no-answer")
         engine.run_to_end(start(spec), timeout=15)
     finally:
         ringing.stop()
         echo.stop()
+        refusing.stop()
 
     errors = {e.group: e for e in errors_of(engine)}
-    assert set(errors) == {"noanswer", "unreachable"}, errors
+    assert set(errors) == {"noanswer", "unreachable", "refused"}, errors
     no_answer, unreachable = errors["noanswer"], errors["unreachable"]
-    assert no_answer.sip_code == 487  # cancelled by us: the INVITE's final response is 487
+    # Cancelled by us: the 487 that ends the INVITE answers our CANCEL, it is not the target's verdict.
+    assert no_answer.sip_code == 0
     assert "not answered within the ring timeout (2 s; last response 180)" in no_answer.reason
     assert "no response at all within the ring timeout (2 s)" in unreachable.reason
     assert "unreachable" in unreachable.reason
@@ -121,6 +129,11 @@ def test_no_answer_and_unreachable_target_while_another_call_goes_on(engines, tm
         assert total(mine, "calls_failed") == 1 and total(mine, "calls_connected") == 0
     ring = [s.metrics.ring_time_ms for s in samples if s.group == "noanswer" and s.metrics.ring_time_ms]
     assert len(ring) == 1 and 0 < ring[0] < 1000
+    # Given up with no final response: a timeout, with no code invented, whatever came before.
+    # A 488 is a failed negotiation.
+    assert final_outcomes(samples) == {("noanswer", 0): (outcomes.TIMEOUT, 0), ("unreachable", 0): (outcomes.TIMEOUT, 0),
+                                       ("talker", 0): (outcomes.SUCCESS, 0),
+                                       ("refused", 0): (outcomes.NEGOTIATION_FAILED, 488)}
 
 
 def test_rtp_port_range_exhausted_fails_the_call_that_finds_no_port(engines, tmp_path: Path) -> None:
@@ -226,3 +239,20 @@ def test_back_to_back_zero_second_calls_neither_abort_the_engine_nor_fail(engine
     assert total(samples, "calls_attempted") == 100
     assert total(samples, "calls_connected") == 100
     assert "Assertion" not in engine.log()
+
+
+def test_a_callee_whose_caller_failed_is_not_called_not_failed(engines, tmp_path: Path) -> None:
+    """The caller's INVITE goes to a proxy nobody listens on: it times out at its ring timeout and
+    never reaches the callee, which gives up once the callers' schedule is over."""
+    spec = tests_pb2.TestSpec(name="not-called")
+    callee = spec.groups.add(name="callees", count=1, role=common_pb2.ENDPOINT_ROLE_CALLEE, codecs=["PCMU"])
+    callee.target.aor = f"sip:{{n}}@127.0.0.1:{free_udp_port()}"
+    caller = add_caller(spec, "callers", "group:callees", duration_s=1, ring_timeout_s=1)
+    caller.target.proxy = f"127.0.0.1:{free_udp_port()}"
+    engine = engines("not-called")
+    engine.run_to_end(start(spec), timeout=30)
+
+    ended = final_outcomes(samples_of(engine))
+    assert ended == {("callers", 0): (outcomes.TIMEOUT, 0), ("callees", 0): (outcomes.NOT_CALLED, 0)}
+    counted = outcomes.tally(ended, {"callers": 1, "callees": 1}, outcomes.call_map(spec))
+    assert counted["callees"] == {(outcomes.NOT_CALLED, 0): 1}  # its caller's failure is counted once, there

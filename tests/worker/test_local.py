@@ -5,6 +5,7 @@ Bounded: calls of a few seconds, a ring timeout of 2 s, every process wait has a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
@@ -15,9 +16,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
+from pydantic import SecretStr
+
 from callmeter.cli.main import SERVICES
+from callmeter.common.settings import load_settings
+from callmeter.common.testspec import SpecError, load_spec_file
 from callmeter.common.verdict import DEFAULT_GATE
-from tests.procs import base_env, eventually
+from callmeter.v1 import workers_pb2
+from services.worker.engines import probe_engine
+from services.worker.local import check_spec
+from services.worker.settings import WorkerSettings
+from services.worker.supervisor import capacity_from
+from tests.bad_specs import BAD_FILES, BASE, BadFile, assert_one_line, assert_reported, problem_lines
+from tests.procs import ROOT, base_env, eventually
 from tests.worker.conftest import free_udp_port
 
 CALLMETER = str(Path(sys.executable).parent / "callmeter")
@@ -77,14 +90,14 @@ def summaries(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {line["group"]: line for line in of_type(lines, "summary")}
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+def assert_refused(result: subprocess.CompletedProcess[str], file: Path, count: int = 1) -> list[str]:
+    """The run did not start; stderr has ``count`` problem lines of the file, which are returned."""
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stdout == "", "no JSON when the run could not start"
     assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("callmeter: error:")]
-    assert len(errors) == 1, result.stderr[-3000:]
-    for word in words:
-        assert word in errors[0], errors[0]
+    lines = problem_lines(result.stderr, file)
+    assert len(lines) == count, result.stderr[-3000:]
+    return lines
 
 
 def test_self_call_prints_a_sample_per_endpoint_second_and_a_summary(tmp_path: Path) -> None:
@@ -101,11 +114,18 @@ def test_self_call_prints_a_sample_per_endpoint_second_and_a_summary(tmp_path: P
         seconds = [s["second"] for s in mine]
         assert seconds == list(range(seconds[0], seconds[0] + len(seconds))), "one line per second, no gaps"
         assert CALL_SECONDS <= len(seconds) <= CALL_SECONDS + 4, seconds
-        in_call = [s["metrics"] for s in mine if s["metrics"].get("rx_packets", 0) > 0]
+        in_call = [s["metrics"] for s in mine if s["metrics"]["rx_packets"] > 0]
         assert len(in_call) >= CALL_SECONDS, mine
         assert sum(m["rx_packets"] for m in in_call) >= 50 * (CALL_SECONDS - 1)  # PCMU, 20 ms
-        scored = [m["mos"] for m in in_call if "mos" in m]  # stored as hundredths: 438 is 4.38
-        assert len(scored) >= CALL_SECONDS - 1 and all(350 <= mos <= 450 for mos in scored), scored
+        # In the catalog's units (seen: "mos": 438, "clock_rate_khz": 80), zeros included where measured.
+        scored = [m["mos"] for m in in_call if "mos" in m]
+        assert len(scored) >= CALL_SECONDS - 1 and all(3.5 <= mos <= 4.5 for mos in scored), scored
+        connected = [m for m in in_call if m["call_active"]]
+        assert all(m["clock_rate_khz"] == 8.0 and m["rx_lost"] == 0 and "rx_jitter_us" in m for m in connected)
+        assert all(s["metrics"]["calls_failed"] == 0 for s in mine), "a counter's 0 is measured"
+        ended = mine[-1]["metrics"]
+        assert not ended["call_active"] and "clock_rate_khz" not in ended, "no call: no codec measured"
+        assert len([s for s in mine if "setup_time_ms" in s["metrics"]]) == 1, "only in the second the call connected"
         assert all(isinstance(s["second"], int) and abs(s["second"] - seconds[0]) < 60 for s in mine)
 
     by_group = summaries(lines)
@@ -118,6 +138,8 @@ def test_self_call_prints_a_sample_per_endpoint_second_and_a_summary(tmp_path: P
         assert summary["loss_pct"] < 1 and 0 <= summary["jitter_ms_p95"] < 20, summary
         assert 0 < summary["setup_ms_p50"] <= summary["setup_ms_p95"] < 2000, summary
         assert summary["endpoints_failed"] == summary["errors"] == 0
+    assert callers["outcomes"] == by_group["callees"]["outcomes"] == [{"outcome": "success", "sip_code": None,
+                                                                       "endpoints": 1}]
     assert (run["state"], run["exit_code"], run["endpoints"]) == ("done", 0, 2)
     # The call is counted at both ends, by its group each; the run counts it once.
     assert (run["calls_attempted"], run["calls_connected"], by_group["callees"]["calls_attempted"]) == (1, 1, 1)
@@ -188,7 +210,9 @@ groups:
     assert (error["group"], error["endpoint"]) == ("callers", 0)
     assert "no response at all within the ring timeout" in error["reason"], error
     assert error["sip_code"] == 0, "a local give-up is no 487: no final response was received"
+    assert error["outcome"] == "timeout"
     by_group = summaries(lines)
+    assert by_group["callers"]["outcomes"] == [{"outcome": "timeout", "sip_code": None, "endpoints": 1}]
     assert (by_group["callers"]["calls_failed"], by_group["callers"]["endpoints_failed"]) == (1, 1)
     assert by_group["callers"]["failures_by_code"] == {"0": 1}, by_group["callers"]
     assert (by_group[""]["exit_code"], by_group[""]["state"], by_group[""]["verdict"]) == (1, "done", "fail")
@@ -198,22 +222,61 @@ groups:
 
 def test_malformed_yaml_names_the_problem(tmp_path: Path) -> None:
     result = run_local(tmp_path, "name: x\ngroups:\n  - name: a\n    count: [1\n")
-    assert_one_line_error(result, "spec.yaml", "not valid YAML", "line 5")
+    [line] = assert_refused(result, tmp_path / "spec.yaml")
+    assert "not valid YAML at line 5" in line, line
 
 
-def test_unknown_field_and_enum_are_named(tmp_path: Path) -> None:
+def test_unknown_field_and_enum_are_named_each_on_its_line(tmp_path: Path) -> None:
     result = run_local(tmp_path, "name: x\ngroups:\n  - name: a\n    cont: 1\n    role: calller\n")
-    assert_one_line_error(result, "groups[0].cont: unknown field", "groups[0].role", "'calller'")
+    cont, role = assert_refused(result, tmp_path / "spec.yaml", count=2)
+    assert ": groups[0].cont: unknown field" in cont and ": groups[0].role: 'calller'" in role, (cont, role)
 
 
-def test_codec_the_engine_lacks_is_refused_by_name(tmp_path: Path) -> None:
-    result = run_local(tmp_path, self_call_yaml(1, codecs="[PCMU, OPUS]"))
-    assert_one_line_error(result, "groups[0].codecs[1]", "'OPUS'", "PCMU")
+@pytest.fixture(scope="module")
+def capacity() -> workers_pb2.WorkerCapacity:
+    """What this machine's SIP engine has, as `worker --local` learns it: a real probe engine."""
+    return capacity_from(asyncio.run(probe_engine()), load_settings(WorkerSettings, worker_token=SecretStr("x")))
 
 
-def test_a_missing_group_is_refused(tmp_path: Path) -> None:
-    result = run_local(tmp_path, self_call_yaml(1).replace("group:callees", "group:nobody"))
-    assert_one_line_error(result, "groups[1].target.call_uri", "'group:nobody' names no callee group")
+def local_problems(file: Path, capacity: workers_pb2.WorkerCapacity) -> list[tuple[str, str]]:
+    """What `worker --local` refuses in the file, before any engine of the run starts."""
+    try:
+        violations = check_spec(load_spec_file(file), capacity)
+    except SpecError as error:
+        violations = error.violations
+    return [(v.field, v.description) for v in violations]
+
+
+WAV_UNREADABLE = BadFile("wav-unreadable", "groups[0].media", {"wav_path": "/nonexistent/tone.wav"},
+                         "groups[0].media.wav_path", ("cannot read",))
+
+
+@pytest.mark.parametrize("bad", [*BAD_FILES, WAV_UNREADABLE], ids=lambda bad: bad.id)
+def test_each_bad_file_is_refused_naming_its_field(bad: BadFile, tmp_path: Path,
+                                                  capacity: workers_pb2.WorkerCapacity) -> None:
+    """The same table as the API's (tests/api/test_validation.py) and `validate`'s
+    (tests/unit/test_testspec.py), checked here against a real engine's capacity: the check
+    `worker --local` runs; a few of them through the console script below."""
+    [(field, description)] = local_problems(bad.write(tmp_path), capacity)
+    assert_reported(bad, field, description)
+
+
+@pytest.mark.parametrize("bad", [bad for bad in BAD_FILES if bad.id in (
+    "unknown-codec", "count-million", "gate-metric-unknown", "timeout-negative", "call-uri-no-group", "count-text")],
+    ids=lambda bad: bad.id)
+def test_the_console_script_refuses_a_bad_file_on_one_line(bad: BadFile, tmp_path: Path) -> None:
+    """Seen: a count of 1,000,000, an unknown gate metric and a negative timeout were run."""
+    file = bad.write(tmp_path)
+    result = subprocess.run([CALLMETER, "worker", "--local", str(file)], env=local_env(), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert_one_line(bad, file, assert_refused(result, file))
+
+
+def test_the_examples_and_the_table_s_base_can_run_here(tmp_path: Path, capacity: workers_pb2.WorkerCapacity) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(BASE))
+    for good in [base, *sorted((ROOT / "examples").glob("*.yaml"))]:
+        assert local_problems(good, capacity) == [], good
 
 
 def test_help_lists_local_mode_and_the_environment() -> None:
@@ -221,7 +284,8 @@ def test_help_lists_local_mode_and_the_environment() -> None:
     assert result.returncode == 0
     assert "--local FILE.yaml" in result.stdout and "CALLMETER_WORKER_TOKEN" in result.stdout
     assert re.search(r"CALLMETER_WORKER_TOKEN +required\n", result.stdout), result.stdout
-    assert re.search(r"CALLMETER_MAX_ENGINES +default computed at start, e\.g\. \d+\n", result.stdout), result.stdout
+    assert re.search(r"CALLMETER_MAX_ENGINES +default sized at start from this machine's CPUs and memory\n",
+                     result.stdout), result.stdout
     for service in SERVICES:
         shown = subprocess.run([CALLMETER, service, "--help"], capture_output=True, text=True, timeout=30)
         assert shown.returncode == 0 and "environment:" in shown.stdout, shown.stderr

@@ -11,7 +11,7 @@ from callmeter.state.models import Project, Run, Test, TestVersion, Worker, Work
 from callmeter.v1 import common_pb2, tests_pb2, workers_pb2
 from services.api.auth import EDITOR, VIEWER, Principal, project_for, project_or_only
 from services.api.paging import page
-from services.api.validation import Capabilities, capabilities, validate_spec
+from callmeter.common.spec_check import Capabilities, capabilities, check_spec
 
 
 def project_capabilities(session: Session, project: Project) -> Capabilities:
@@ -28,7 +28,7 @@ def spec_error(violations: list[common_pb2.FieldViolation]) -> CallmeterError:
 
 
 def _check_spec(session: Session, project: Project, spec: tests_pb2.TestSpec) -> None:
-    violations = validate_spec(spec, project_capabilities(session, project))
+    violations = check_spec(spec, project_capabilities(session, project))
     if violations:
         raise spec_error(violations)
 
@@ -121,5 +121,5 @@ def delete_test(session: Session, principal: Principal,
 def validate_test(session: Session, principal: Principal,
                   request: tests_pb2.ValidateTestRequest) -> tests_pb2.ValidateTestResponse:
     project = project_or_only(session, principal, request.project_id, VIEWER, "validating a test")
-    violations = validate_spec(request.spec, project_capabilities(session, project))
+    violations = check_spec(request.spec, project_capabilities(session, project))
     return tests_pb2.ValidateTestResponse(violations=violations)

@@ -181,13 +181,14 @@ class Engine:
         except OSError as exc:  # the supervisor is gone: nothing left to report to
             self.stop(f"stdout closed: {exc}", exit_code=0)
 
-    def _error(self, group: str, endpoint: int, sip_code: int, reason: str) -> None:
+    def _error(self, group: str, endpoint: int, sip_code: int, reason: str,
+               outcome: int = common_pb2.ENDPOINT_OUTCOME_ENGINE_ERROR) -> None:
         log.warning("endpoint error", run_id=self.run_id, group=group, endpoint=endpoint, sip_code=sip_code, reason=reason)
         self.send(engine_pb2.EngineEvent(endpoint_error=workers_pb2.EndpointError(
-            group=group, endpoint=endpoint, sip_code=sip_code, reason=reason)))
+            group=group, endpoint=endpoint, sip_code=sip_code, reason=reason, outcome=outcome)))
 
-    def _report(self, phone: Phone, sip_code: int, reason: str) -> None:
-        self._error(phone.group, phone.index, sip_code, reason)
+    def _report(self, phone: Phone, outcome: int, sip_code: int, reason: str) -> None:
+        self._error(phone.group, phone.index, sip_code, reason, outcome)
 
     # The run
 

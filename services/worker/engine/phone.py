@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pjsua2 as pj
 
+from callmeter.v1.common_pb2 import ENDPOINT_OUTCOME_UNSPECIFIED
 from services.worker.engine.sipstats import CallEvents, SipStats
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class PhoneState:
     register_reason: str = ""
     register_expires: int = 0
     register_done: bool = False
+    # Whether the newest REGISTER got a response (else pjsip ended it: a timeout or transport error).
+    register_responded: bool = False
     call_last_code: int = 0
     # Event values: set when the event completes, reported in that second only, then cleared.
     register_time_ms: int | None = None
@@ -59,6 +62,8 @@ class CallRecord:
     ended_at: float | None = None
     last_code: int = 0
     reason: str = ""
+    # Why the call ended without a response to its INVITE: "timeout", "transport error" ("" otherwise).
+    no_response: str = ""
     # Set by onCallMediaState; the driver (re)connects media and clears it.
     media_changed: bool = False
     # Index of the call's audio media once the driver connected it.
@@ -120,6 +125,8 @@ class Phone(pj.Account):
         self.counters = PhoneCounters()
         self.state = PhoneState()
         self.sip = SipStats()  # responses by class, transaction times, DTMF, REGISTER details
+        # (EndpointOutcome, SIP code) so far, as the scenario driver decides it; sent in every sample.
+        self.outcome = (ENDPOINT_OUTCOME_UNSPECIFIED, 0)
         # Live pjsua2 Call objects; a call leaves this set when it is disconnected.
         self.calls: set[PhoneCall] = set()
         # Records of calls not yet fully sampled, oldest first.
@@ -148,6 +155,7 @@ class Phone(pj.Account):
         state = self.state
         state.register_last_code = prm.code
         state.register_reason = prm.reason
+        state.register_responded = bool(prm.rdata.wholeMsg)
         state.register_expires = prm.expiration
         state.register_time_ms = elapsed_ms(time.monotonic() - self._register_started)
         state.registered = 200 <= prm.code < 300 and prm.expiration > 0

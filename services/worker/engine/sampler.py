@@ -231,6 +231,8 @@ class Sampler:
             register_time_ms=state.register_time_ms or 0,
             setup_time_ms=state.setup_time_ms or 0,
             ring_time_ms=state.ring_time_ms or 0,
+            outcome=phone.outcome[0],
+            outcome_code=phone.outcome[1],
         )
         phone.counters = type(counters)()
         state.register_time_ms = state.setup_time_ms = state.ring_time_ms = None

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import pjsua2 as pj
 
+from callmeter.common import outcomes
 from callmeter.v1 import common_pb2
 from services.worker.engine.media import MediaSource
 from services.worker.engine.phone import CallRecord, Phone
@@ -26,7 +27,7 @@ UNREGISTER_WAIT_S = 5.0
 BUSY_HERE = 486
 TEMPORARILY_UNAVAILABLE = 480
 
-ReportError = Callable[[Phone, int, str], None]
+ReportError = Callable[[Phone, int, int, str], None]  # (phone, EndpointOutcome, SIP code, reason)
 
 # pjmedia's ioqueue (select backend: PJ_IOQUEUE_MAX_HANDLES 64 in this wheel) holds a call's RTP and
 # RTCP sockets while the call lasts and for PJ_IOQUEUE_KEY_FREE_DELAY (500 ms) after it; registering
@@ -117,6 +118,16 @@ class Driver:
     def finished(self) -> bool:
         return self.stage is Stage.FINISHED
 
+    def _fail(self, outcome: int, sip_code: int, reason: str) -> None:
+        """Reports an endpoint error; the first failure decides the endpoint's outcome."""
+        self.phone.outcome = outcomes.worse(self.phone.outcome, (outcome, sip_code))
+        self.report_error(self.phone, outcome, sip_code, reason)
+
+    def _end(self) -> None:
+        """The scenario is over: an endpoint with no failure so far succeeded."""
+        self.stage = Stage.FINISHED
+        self.phone.outcome = outcomes.worse(self.phone.outcome, (outcomes.SUCCESS, 0))
+
     def tick(self, now: float) -> None:
         self.wake_at = math.inf
         if self.stage is Stage.FINISHED or self.plan.role != common_pb2.ENDPOINT_ROLE_CALLEE:
@@ -130,13 +141,17 @@ class Driver:
             if not registration:
                 return
             if not self.phone.state.registered:
-                self.stage = Stage.FINISHED  # the failure was reported; a phone that cannot register does no more
+                self._end()  # the failure was reported; a phone that cannot register does no more
                 return
             self.stage = Stage.ACTIVE
         if self.stage is Stage.ACTIVE:
             self._active(now)
-        elif self.stage is Stage.UNREGISTERING and (registration or self._due(now, self._unregister_deadline)):
-            self.stage = Stage.FINISHED
+        elif self.stage is Stage.UNREGISTERING:
+            if registration or self._due(now, self._unregister_deadline):
+                if not registration:
+                    self._fail(outcomes.TEARDOWN_ERROR, 0, f"un-REGISTER at {self.plan.registrar}: no response "
+                               f"within {UNREGISTER_WAIT_S:g} s")
+                self._end()
 
     def stop(self, now: float) -> None:
         """Ends the scenario early (engine stop): hang up, then unregister where configured."""
@@ -147,7 +162,7 @@ class Driver:
         if self.stage in (Stage.ACTIVE, Stage.REGISTERING):
             self._finish(now)
         elif self.stage is Stage.WAITING:
-            self.stage = Stage.FINISHED
+            self.stage = Stage.FINISHED  # it never began: no outcome of its own
 
     def _begin(self) -> None:
         if not self.plan.registrar:
@@ -156,8 +171,8 @@ class Driver:
         self.stage = Stage.REGISTERING
         error = _try(lambda: self.phone.setRegistration(True))
         if error:
-            self.report_error(self.phone, 0, f"REGISTER not sent: {error}")
-            self.stage = Stage.FINISHED
+            self._fail(outcomes.ENGINE_ERROR, 0, f"REGISTER not sent: {error}")
+            self._end()
 
     def _registration_event(self) -> bool:
         """Whether a REGISTER transaction ended since the last tick; reports failures."""
@@ -165,9 +180,16 @@ class Driver:
         if not state.register_done:
             return False
         state.register_done = False
-        if not 200 <= state.register_last_code < 300:
-            self.report_error(self.phone, state.register_last_code,
-                              f"REGISTER to {self.plan.registrar} failed: {state.register_last_code} {state.register_reason}")
+        code = state.register_last_code
+        if 200 <= code < 300:
+            return True
+        what = "un-REGISTER" if self.stage is Stage.UNREGISTERING else "REGISTER"
+        if state.register_responded:
+            outcome, reason = outcomes.REGISTRATION_FAILED, f"{what} to {self.plan.registrar} failed: {code} {state.register_reason}"
+        else:  # pjsip ended the transaction itself: its 408 or 503 is no response of the registrar's
+            code, outcome = 0, outcomes.TIMEOUT if code == 408 else outcomes.REGISTRATION_FAILED
+            reason = f"{what} to {self.plan.registrar}: no response ({state.register_reason or 'timeout'}; no SIP code)"
+        self._fail(outcomes.TEARDOWN_ERROR if self.stage is Stage.UNREGISTERING else outcome, code, reason)
         return True
 
     def _active(self, now: float) -> None:
@@ -187,8 +209,8 @@ class Driver:
                 if self.calls_done >= expected:
                     self._finish(now)
                 elif self.calls_due_at is not None and self._due(now, self.calls_due_at):
-                    self.report_error(self.phone, 0, f"{self.calls_done} of the {expected} calls the callers' "
-                                      "schedule would place arrived by its end; giving up on the rest")
+                    self._fail(outcomes.NOT_CALLED, 0, f"{self.calls_done} of the {expected} calls the callers' "
+                               "schedule would place arrived by its end; giving up on the rest")
                     self._finish(now)
         if self.stage is Stage.ACTIVE and self.end_at is not None and self._due(now, self.end_at):
             self.stop(now)
@@ -217,7 +239,7 @@ class Driver:
             self.phone.state.call_last_code = 0
             if "already in use" in error and self.rtp_ports[0]:
                 error += f" (no free RTP/RTCP port pair in {self.rtp_ports[0]}-{self.rtp_ports[1]})"
-            self.report_error(self.phone, 0, f"call to {self.plan.call_uri} not placed: {error}")
+            self._fail(outcomes.ENGINE_ERROR, 0, f"call to {self.plan.call_uri} not placed: {error}")
             self.call = None
             self.calls_done += 1
             self.next_call_at = now + self.plan.pause_s
@@ -261,10 +283,14 @@ class Driver:
         assert record is not None
         if record.ended_at is not None:
             if record.confirmed_at is None and record.outgoing:
-                if "cancel" in self._acted and self._code_at_cancel < 100:
-                    # Given up with no response at all: pjsua reports its own 487, which nobody sent.
+                if ("cancel" in self._acted and self._code_at_cancel < 100) or record.no_response:
+                    # No response at all: pjsua reports its own 487 or 408, which nobody sent.
                     record.last_code = self.phone.state.call_last_code = 0
-                self.report_error(self.phone, record.last_code, self._failure(record))
+                self._fail(*self._failure(record))
+            elif record.outgoing and "hangup" not in self._acted:
+                lasted = record.ended_at - (record.confirmed_at or record.ended_at)
+                self._fail(outcomes.CALL_FAILED, 0, f"call to {plan.call_uri} dropped by the far end after "
+                           f"{lasted:.1f} s of the {plan.call_duration_s:g} s planned")
             self.call = None
             self.calls_done += 1
             self.next_call_at = now + plan.pause_s
@@ -301,19 +327,28 @@ class Driver:
                             else pj.PJSUA_DTMF_METHOD_RFC2833)
             self._act(lambda: call.sendDtmf(param), "DTMF")
         if record.outgoing and self._due(now, confirmed + plan.call_duration_s) and self._once("hangup"):
-            _try(lambda: call.hangup(pj.CallOpParam()))
+            error = _try(lambda: call.hangup(pj.CallOpParam()))
+            if error:
+                self._fail(outcomes.TEARDOWN_ERROR, 0, f"hanging up the call to {plan.call_uri} failed: {error}")
 
-    def _failure(self, record: CallRecord) -> str:
-        """Why an outgoing call did not connect: its final response, or the ring timeout that ended it."""
+    def _failure(self, record: CallRecord) -> tuple[int, int, str]:
+        """Why an outgoing call did not connect, as (outcome, SIP code, reason): its final
+        response, the ring timeout that ended it, or no response at all."""
         uri, final = self.plan.call_uri, f"{record.last_code} {record.reason}".strip()
-        if "cancel" not in self._acted:
-            return f"call to {uri} failed: {final}"
         timeout = f"{self.plan.ring_timeout_s:g} s"
-        if self._code_at_cancel >= 100:
-            return (f"call to {uri} not answered within the ring timeout ({timeout}; last response "
-                    f"{self._code_at_cancel}), cancelled: {final}")
-        return (f"call to {uri}: no response at all within the ring timeout ({timeout}): target unreachable "
-                "or not listening; given up (timeout, no SIP code)")
+        if "cancel" in self._acted and self._code_at_cancel >= 100:
+            return outcomes.TIMEOUT, 0, (f"call to {uri} not answered within the ring timeout ({timeout}; last "
+                                         f"response {self._code_at_cancel}), cancelled: {final}")
+        if "cancel" in self._acted:
+            return outcomes.TIMEOUT, 0, (f"call to {uri}: no response at all within the ring timeout ({timeout}): "
+                                         "target unreachable or not listening; given up (timeout, no SIP code)")
+        if record.no_response == "timeout":
+            return outcomes.TIMEOUT, 0, f"call to {uri}: no final response to the INVITE (transaction timeout, no SIP code)"
+        if record.no_response:
+            return outcomes.CALL_FAILED, 0, f"call to {uri} failed: {record.no_response} ({record.reason}; no SIP code)"
+        if record.last_code in outcomes.NEGOTIATION_CODES:
+            return outcomes.NEGOTIATION_FAILED, record.last_code, f"call to {uri} failed: {final} (its offer refused)"
+        return outcomes.CALL_FAILED, record.last_code, f"call to {uri} failed: {final}"
 
     def _answer(self, record: CallRecord, code: int) -> None:
         param = pj.CallOpParam()
@@ -326,9 +361,11 @@ class Driver:
         if self.plan.unregister_at_end and self.phone.state.registered:
             self.stage = Stage.UNREGISTERING
             self._unregister_deadline = now + UNREGISTER_WAIT_S
-            if _try(lambda: self.phone.setRegistration(False)) is None:
+            error = _try(lambda: self.phone.setRegistration(False))
+            if error is None:
                 return
-        self.stage = Stage.FINISHED
+            self._fail(outcomes.TEARDOWN_ERROR, 0, f"un-REGISTER not sent: {error}")
+        self._end()
 
     def _due(self, now: float, at: float) -> bool:
         """Whether ``at`` has come; if not, the loop is to wake by then."""
@@ -346,7 +383,7 @@ class Driver:
     def _act(self, action: Callable[[], object], what: str) -> None:
         error = _try(action)
         if error:
-            self.report_error(self.phone, 0, f"{what} failed: {error}")
+            self._fail(outcomes.WARNINGS, 0, f"{what} failed: {error}")
 
 
 def _last_status(call: pj.Call) -> int:

@@ -176,9 +176,11 @@ class SipStats:
         now = time.monotonic()
         if cause == pj.PJSIP_EVENT_TRANSPORT_ERROR:
             self.counts["sip_transport_errors"] += 1
+            record.no_response = "transport error"
         elif cause == pj.PJSIP_EVENT_TIMER and tsx.state == pj.PJSIP_TSX_STATE_TERMINATED \
                 and change.prevState < pj.PJSIP_TSX_STATE_COMPLETED:
             self.counts["sip_timeouts"] += 1
+            record.no_response = "timeout"
         elif method == "INVITE" and code >= 300:
             if tsx.role == pj.PJSIP_ROLE_UAC and cause == pj.PJSIP_EVENT_RX_MSG:
                 self._invite_response(code)

@@ -1,7 +1,10 @@
-"""Checks a TestSpec before anything is stored: every problem, each with its field path.
+"""The one check of a TestSpec: every problem, each with its field path, or none when it may run.
 
-``validate_spec`` is pure: what the workers can do comes in as ``Capabilities``, so the rules are
-testable without a database. Paths use the proto field names, ``groups[1].codecs[0]``.
+Used by the API before it stores or validates a test (services/api/handlers/tests.py), by
+`callmeter test validate` and by `callmeter worker --local`. ``check_spec`` is pure: what the
+engines that would run the test can do comes in as ``Capabilities``: the registered workers'
+(the API), this machine's (local mode), or callmeter's own SIP engine (``ENGINE``, for
+`validate` without a platform). Paths use the proto field names, ``groups[1].codecs[0]``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from callmeter.common.codecs import codec_matches, codec_names
+from callmeter.common.enum_words import word
 from callmeter.common.start_waves import GROUP_PREFIX
 from callmeter.common.verdict import GATE_METRICS
 from callmeter.v1 import common_pb2, tests_pb2, workers_pb2
@@ -32,7 +36,7 @@ MAX_TEXT_LENGTH = 2048  # an address, URI, path or credential reference
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 # What this product's engine (the pjsua2-python 2.15.1 wheel) has, used for any capability that no
-# registered worker reports: the codec ids its Endpoint.codecEnum2() lists, as workers report them.
+# registered worker reports: the codec ids its Endpoint.codecEnum2() lists.
 # A spec names a codec by id or by a prefix up to a "/" (callmeter.common.codecs).
 ENGINE_CODECS = ("speex/16000/1", "speex/8000/1", "speex/32000/1", "iLBC/8000/1", "GSM/8000/1", "PCMU/8000/1",
                  "PCMA/8000/1", "G722/16000/1", "L16/44100/1", "L16/44100/2")
@@ -43,19 +47,25 @@ ENGINE_SRTP_KEYINGS = frozenset({common_pb2.SRTP_KEYING_SDES})
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What at least one worker can do."""
+    """What at least one engine that may run the test can do."""
 
-    codecs: tuple[str, ...]  # codec ids, e.g. "PCMU/8000/1"
+    codecs: tuple[str, ...]  # codec ids or names, e.g. "PCMU/8000/1"
     transports: frozenset[int]
     srtp_keyings: frozenset[int]
+    # Where those engines are, as a problem says it: "... is not available on any worker".
+    where: str = "on any worker"
 
 
-def capabilities(capacities: Sequence[workers_pb2.WorkerCapacity]) -> Capabilities:
+ENGINE = Capabilities(ENGINE_CODECS, ENGINE_TRANSPORTS, ENGINE_SRTP_KEYINGS, "in callmeter's SIP engine")
+
+
+def capabilities(capacities: Sequence[workers_pb2.WorkerCapacity], where: str = "on any worker") -> Capabilities:
     """The union of the workers' capacities; the engine's own list for what none of them reports."""
     codecs = tuple(dict.fromkeys(codec for capacity in capacities for codec in capacity.codecs))
     transports = frozenset(t for capacity in capacities for t in capacity.transports)
     keyings = frozenset(k for capacity in capacities for k in capacity.srtp_keyings)
-    return Capabilities(codecs or ENGINE_CODECS, transports or ENGINE_TRANSPORTS, keyings or ENGINE_SRTP_KEYINGS)
+    return Capabilities(codecs or ENGINE.codecs, transports or ENGINE.transports, keyings or ENGINE.srtp_keyings,
+                        where)
 
 
 class _Violations:
@@ -72,7 +82,7 @@ class _Violations:
             self.add(field, f"must be at most {maximum_s:g} s")
 
 
-def validate_spec(spec: tests_pb2.TestSpec, caps: Capabilities) -> list[common_pb2.FieldViolation]:
+def check_spec(spec: tests_pb2.TestSpec, caps: Capabilities) -> list[common_pb2.FieldViolation]:
     """Every problem of the spec; empty when it may be stored and run."""
     v = _Violations()
     _name(v, "name", spec.name)
@@ -82,14 +92,14 @@ def validate_spec(spec: tests_pb2.TestSpec, caps: Capabilities) -> list[common_p
         v.add("groups", "a test needs at least one group")
     elif len(spec.groups) > MAX_GROUPS:
         v.add("groups", f"at most {MAX_GROUPS} groups (got {len(spec.groups)})")
-    groups = {group.name: group for group in spec.groups}
-    seen: set[str] = set()
+    groups: dict[str, tests_pb2.EndpointGroup] = {}
     for i, group in enumerate(spec.groups):
         path = f"groups[{i}]"
-        if group.name in seen:
+        if group.name in groups:  # the first of that name keeps it: "group:NAME" means that one
             v.add(f"{path}.name", f"{_q(group.name)} is already the name of an earlier group")
-        seen.add(group.name)
-        _group(v, path, group, groups, caps)
+        groups.setdefault(group.name, group)
+    for i, group in enumerate(spec.groups):
+        _group(v, f"groups[{i}]", group, groups, caps)
     for i, gate in enumerate(spec.gates):
         _gate(v, f"gates[{i}]", gate, groups)
     for i, label in enumerate(spec.worker_selector):
@@ -131,21 +141,20 @@ def _group(v: _Violations, path: str, group: tests_pb2.EndpointGroup,
         v.add(f"{path}.target.number_start", "must not be negative")
     transport = group.transport or common_pb2.TRANSPORT_UDP
     if transport not in caps.transports:
-        v.add(f"{path}.transport", f"{_enum(common_pb2.Transport, transport)} is not available on any worker")
+        v.add(f"{path}.transport", f"{word(common_pb2.Transport, transport)} is not available {caps.where}")
     for j, codec in enumerate(group.codecs):
         if not codec.strip():
             v.add(f"{path}.codecs[{j}]", "empty codec name")
         elif not any(codec_matches(codec, codec_id) for codec_id in caps.codecs):
-            v.add(f"{path}.codecs[{j}]",
-                  f"{_q(codec)} is not available on any worker (available: {', '.join(codec_names(caps.codecs))})")
+            v.add(f"{path}.codecs[{j}]", f"{_q(codec)} is not available {caps.where} "
+                                         f"(available: {', '.join(codec_names(list(caps.codecs)))})")
     if group.media.HasField("wav_path") and not group.media.wav_path:
         v.add(f"{path}.media.wav_path", "empty path")
     if group.media.HasField("tone") and not 0 <= group.media.tone.frequency_hz <= 20_000:
         v.add(f"{path}.media.tone.frequency_hz", "must be between 0 (1004 Hz) and 20000")
     _known(v, f"{path}.srtp", common_pb2.SrtpMode, group.srtp)
     if group.srtp_keying and group.srtp_keying not in caps.srtp_keyings:
-        v.add(f"{path}.srtp_keying",
-              f"{_enum(common_pb2.SrtpKeying, group.srtp_keying)} is not supported by any worker")
+        v.add(f"{path}.srtp_keying", f"{word(common_pb2.SrtpKeying, group.srtp_keying)} is not available {caps.where}")
     _scenario(v, f"{path}.scenario", group.scenario)
 
 
@@ -193,14 +202,6 @@ def _gate(v: _Violations, path: str, gate: tests_pb2.QualityGate, groups: dict[s
         v.add(f"{path}.threshold", "must be a finite number")
     if gate.group and gate.group not in groups:
         v.add(f"{path}.group", f"{_q(gate.group)} names no group of the test")
-
-
-def _enum(enum: EnumTypeWrapper, value: int) -> str:
-    """"TRANSPORT_TLS" → "tls", as test files write it; a number the contract lacks stays a number."""
-    if value not in enum.values():
-        return str(value)
-    prefix = enum.DESCRIPTOR.values[0].name.removesuffix("UNSPECIFIED")
-    return enum.Name(value).removeprefix(prefix).lower()
 
 
 def _q(text: str) -> str:
