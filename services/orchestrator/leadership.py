@@ -43,7 +43,11 @@ class Leadership:
     def release(self) -> None:
         """Gives the lock up at once (another replica takes it on its next try)."""
         if self._connection is not None:
-            self._connection.invalidate()  # closes the session that holds the lock, never pooled again
+            try:  # unlocked here: the server drops a closed session's locks only once its backend has exited
+                self._connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": LEADER_LOCK})
+            except sa.exc.SQLAlchemyError:
+                pass  # the session is gone, and its lock with it
+            self._connection.invalidate()  # never pooled again
             self._connection.close()
             self._connection = None
         self.leading = False
