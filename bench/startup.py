@@ -47,7 +47,7 @@ def time_up() -> tuple[float, dict[str, int]]:
             if "Ctrl-C stops everything" in line:
                 break
         elapsed = time.monotonic() - began
-        memory = {name: int(mb) for name, mb in re.findall(r"^\s+(\S+)\s+\d+\s+\S+\s+(\d+) MB$", "".join(output), re.M)}
+        memory = {name: int(mb) for name, mb in re.findall(r"^\s+(\S+)\s+\d+\s+\S+\s+(\d+) MB(?:\s+\S+)?$", "".join(output), re.M)}
         process.send_signal(signal.SIGINT)
         process.wait(60)
     return elapsed, memory

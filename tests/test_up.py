@@ -28,7 +28,7 @@ def wait_until_up(process: subprocess.Popen[bytes], output: Path) -> dict[str, t
         return "Ctrl-C stops everything" in output.read_text()
 
     eventually(ready, timeout_s=90, message="`up` ready")
-    rows = re.findall(r"^\s+(\S+)\s+(\d+)\s+(\S+)\s+\d+ MB$", output.read_text(), re.MULTILINE)
+    rows = re.findall(r"^\s+(\S+)\s+(\d+)\s+(\S+)\s+\d+ MB(?:\s+\S+)?$", output.read_text(), re.MULTILINE)
     return {name: (int(pid), address) for name, pid, address in rows}
 
 
@@ -52,6 +52,11 @@ def test_up_starts_everything_healthy_and_ctrl_c_stops_it(tmp_path: Path) -> Non
         assert check_health(table["gateway"][1], data_dir / "tls" / "ca.pem")
         status, body = http_get(f"http://{table['worker'][1]}/readyz")
         assert status == 200 and json.loads(body)["state"] == "online"
+        scrapes = dict(re.findall(r"^\s+(\S+)\s+\d+\s+\S+\s+\d+ MB\s+(\S+)$", output.read_text(), re.MULTILINE))
+        assert set(scrapes) == set(SERVICES) - {"nats-server"}, output.read_text()
+        for name, url in scrapes.items():
+            status, body = http_get(url)
+            assert status == 200 and "# TYPE" in body, name
         saved = json.loads(profile.read_text())
         assert saved["api"] == table["api"][1] and saved["token"].startswith("cma_")
         assert saved["token"] in output.read_text()  # shown once, on the first start

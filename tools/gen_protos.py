@@ -3,6 +3,8 @@
 1. Writes protos/callmeter/v1/endpoint_metrics.proto from callmeter/catalog.py.
 2. Writes docs/metrics.md (the catalog as a table) from callmeter/catalog.py.
 3. Runs grpcio-tools' protoc over protos/ into callmeter/v1/ (the one generated package).
+4. Writes docs/test-file.md, the test-file reference, with tools/gen_docs.py (tests/test_docs_current.py
+   checks it; ``--check`` does not).
 
 ``--check`` generates into a temporary directory and exits 1 if anything differs from what is
 committed, so the test suite fails on stale generated code or documentation.
@@ -148,7 +150,9 @@ def main() -> int:
         METRICS_DOC.write_text(metrics_doc_text())
         shutil.rmtree(GENERATED, ignore_errors=True)
         shutil.copytree(tmp_path / "out" / "callmeter" / "v1", GENERATED)
-    return 0
+    import gen_docs  # only now: it imports the contracts just written
+
+    return gen_docs.main()
 
 
 if __name__ == "__main__":

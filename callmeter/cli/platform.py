@@ -15,6 +15,7 @@ Stop order is the reverse, each child drained with SIGTERM.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -235,13 +236,15 @@ class Platform:
                                           f"(log: {child.log_file})")
 
     # -- run and stop -------------------------------------------------------------------
-    def status_rows(self) -> list[tuple[str, int, str, int]]:
-        """(name, pid, address, resident bytes) of every child, nats-server included."""
+    def status_rows(self) -> list[tuple[str, int, str, int, str]]:
+        """(name, pid, address, resident bytes, Prometheus /metrics URL or "") of every child,
+        nats-server included."""
         rows = []
         if self.nats is not None and self.nats.process is not None:
-            rows.append(("nats-server", self.nats.process.pid, self.nats.url, rss_bytes(self.nats.process.pid)))
+            rows.append(("nats-server", self.nats.process.pid, self.nats.url, rss_bytes(self.nats.process.pid), ""))
         for child in self.children.values():
-            rows.append((child.name, child.process.pid, child.address, rss_bytes(child.process.pid)))
+            rows.append((child.name, child.process.pid, child.address, rss_bytes(child.process.pid),
+                         metrics_url(child)))
         return rows
 
     def dead_child(self) -> str | None:
@@ -283,6 +286,15 @@ def keep_secret(path: Path, secret: str) -> None:
         tmp.replace(path)
     except OSError as exc:
         raise ConfigError("", f"cannot keep a token in {path} ({exc.filename}: {exc.strerror})") from None
+
+
+def metrics_url(child: Child) -> str:
+    """Where Prometheus scrapes a started child: the worker on its health port, a service on the
+    port its ready file gives (a free one with --auto-ports)."""
+    if child.name == "worker":
+        return f"http://{child.address}/metrics"
+    port = json.loads(child.ready_file.read_text())["prometheus_port"]
+    return f"http://127.0.0.1:{port}/metrics"
 
 
 def worker_ready(address: str) -> bool:

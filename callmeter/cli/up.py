@@ -32,13 +32,13 @@ def add_platform_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def print_status(platform) -> None:  # type: ignore[no-untyped-def]
-    """The table of running processes: every one healthy, with its address and memory."""
+    """The table of running processes: every one healthy, with its address, memory and Prometheus /metrics."""
     print(f"callmeter is up in {platform.started_in_s:.1f} s, all healthy; data in {platform.data_dir}")
-    print(f"  {'service':<13}{'pid':>8}  {'address':<24}{'memory':>10}")
+    print(f"  {'service':<13}{'pid':>8}  {'address':<24}{'memory':>10}  prometheus")
     total = 0
-    for name, pid, address, rss in platform.status_rows():
+    for name, pid, address, rss, metrics in platform.status_rows():
         total += rss
-        print(f"  {name:<13}{pid:>8}  {address:<24}{rss / 2**20:>7.0f} MB")
+        print(f"  {name:<13}{pid:>8}  {address:<24}{rss / 2**20:>7.0f} MB  {metrics}".rstrip())
     print(f"  {'total':<13}{'':>8}  {'':<24}{total / 2**20:>7.0f} MB", flush=True)
 
 
