@@ -64,7 +64,10 @@ def load_settings(settings_cls: type[S], **overrides: Any) -> S:
         if not error["loc"]:  # a check across fields names its variables in the message
             raise ConfigError("", message) from None
         value = error.get("input")
-        shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+        info = settings_cls.model_fields.get(str(error["loc"][0]))
+        secret = (info is not None and info.annotation is SecretStr) or (
+            isinstance(value, str) and "://" in value and "@" in value)  # a URL with credentials
+        shown = "" if isinstance(value, dict) or value is None or secret else f" (got {value!r})"
         raise ConfigError(env_name(settings_cls, str(error["loc"][0])), f"{message}{shown}") from None
 
 

@@ -20,8 +20,8 @@ def normalize_database_url(url: str, setting: str) -> str:
     """Accepts sqlite:///PATH and postgresql://…; the PostgreSQL driver is always psycopg 3."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigError(setting, f"not a database URL: {url!r}") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number. The URL may hold a password: not shown
+        raise ConfigError(setting, "not a database URL; use sqlite:///PATH or postgresql://USER@HOST:PORT/DB") from None
     backend = parsed.get_backend_name()
     if backend not in SCHEMES:
         raise ConfigError(setting, f"unknown scheme {parsed.drivername!r}; use sqlite:///PATH or postgresql://HOST/DB")
