@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from callmeter.common.errors import ConfigError
+from callmeter.common.rpc_metrics import RpcMetrics
 
 # Largest message a service accepts; metric batches are bounded well below this.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -40,10 +41,11 @@ class TlsFiles:
 
 
 class GrpcServer:
-    """A grpc.aio server with the health and reflection services registered."""
+    """A grpc.aio server with the health and reflection services registered, every RPC measured
+    (callmeter/common/rpc_metrics.py)."""
 
     def __init__(self, service_names: Sequence[str]) -> None:
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RpcMetrics()])
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = list(service_names)

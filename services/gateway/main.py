@@ -46,7 +46,7 @@ class Gateway:
         self.channel = aio_channel(settings.orchestrator_address)
         self.reporter = EventReporter(
             orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel), settings.gateway_id,
-            settings.report_interval_s, on_revoked=lambda worker_id: self.servicer.close_worker(worker_id, "token revoked"),
+            settings.report_interval_s, on_revoked=lambda worker_id: self.servicer.revoke(worker_id),
         )
         self.servicer = GatewayServicer(settings, orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel),
                                         self.reporter, BatchPublisher(nats.jetstream()), on_admitted=self._announce,

@@ -16,20 +16,26 @@ through ``moved`` and does not report it disconnected, since the worker is onlin
 stopping gateway tells every worker why (``say_goodbye``) before the server cancels the streams.
 Messages for a worker reach this replica through ``routes`` (commands.py: a NATS subscription per
 stream), open from admission until the stream begins to end.
+
+Metrics (docs/prometheus.md): ``callmeter_gateway_workers{state}``, the streams admitted here by
+the state of their worker's last heartbeat; ``callmeter_gateway_auth_failures_total{reason}``,
+streams refused or ended for their credentials (``AUTH_FAILURE_REASONS``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import grpc
 import nats.errors
 import structlog
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import Counter, Gauge
 
+from callmeter.common.enum_words import word
 from callmeter.common.stores.metrics_stream import is_subject_token
 from callmeter.v1 import orchestrator_pb2, orchestrator_pb2_grpc, workers_pb2, workers_pb2_grpc
 from services.gateway.limits import StreamLimits
@@ -43,6 +49,32 @@ log = structlog.get_logger(__name__)
 # How long a stream the gateway ends stays open after its Disconnect, unread, so that a worker busy
 # writing reads the reason before its writes fail; a worker that hangs up ends it sooner.
 DISCONNECT_LINGER_S = 2.0
+
+WORKERS = Gauge("callmeter_gateway_workers", "Workers connected to this gateway, by the state of their last heartbeat",
+                ["state"])
+AUTH_FAILURES = Counter("callmeter_gateway_auth_failures_total", "Worker streams refused or ended for their credentials",
+                        ["reason"])
+AUTH_FAILURE_REASONS = (
+    "no_hello",  # no hello within the hello timeout, or the stream closed before one
+    "bad_hello",  # the first message is not a hello, or the orchestrator refused the hello as invalid
+    "bad_token",  # the orchestrator refused the hello's token: unknown or revoked
+    "token_revoked",  # the token of a connected worker was revoked: its stream was ended
+)
+#: The orchestrator's refusals of a hello passed on to the worker, and the reason each counts as;
+#: any other failure of AdmitWorker is UNAVAILABLE to the worker (it retries).
+REFUSALS = {grpc.StatusCode.UNAUTHENTICATED: "bad_token", grpc.StatusCode.INVALID_ARGUMENT: "bad_hello"}
+#: The states a connected worker is in: admitted ONLINE, then what its heartbeats claim (any
+#: other claim is ignored, as the orchestrator ignores it), DRAINING after its goodbye.
+CONNECTED_STATES = (workers_pb2.WORKER_STATE_ONLINE, workers_pb2.WORKER_STATE_BUSY, workers_pb2.WORKER_STATE_DRAINING)
+for _state in CONNECTED_STATES:  # every series from the start, at 0
+    WORKERS.labels(word(workers_pb2.WorkerState, _state))
+for _reason in AUTH_FAILURE_REASONS:
+    AUTH_FAILURES.labels(_reason)
+
+
+async def refuse(context: grpc.aio.ServicerContext, reason: str, code: grpc.StatusCode, detail: str) -> NoReturn:
+    AUTH_FAILURES.labels(reason).inc()
+    await context.abort(code, detail)
 
 
 class WorkerSession:
@@ -62,6 +94,16 @@ class WorkerSession:
         #: Ended because the worker connected to another replica: not reported disconnected.
         self.moved = False
         self.ended = asyncio.Event()
+        #: Its label in ``WORKERS``, where ``Connect`` counts it while the stream is open.
+        self.state = word(workers_pb2.WorkerState, workers_pb2.WORKER_STATE_ONLINE)
+
+    def set_state(self, state: int) -> None:
+        """Moves the worker in ``WORKERS`` to ``state`` (one of ``CONNECTED_STATES``, else ignored)."""
+        label = word(workers_pb2.WorkerState, state)
+        if state in CONNECTED_STATES and label != self.state:
+            WORKERS.labels(self.state).dec()
+            WORKERS.labels(label).inc()
+            self.state = label
 
     def send(self, message: workers_pb2.GatewayMessage) -> bool:
         """Queues ``message``; False (dropping it) once the stream is ending."""
@@ -122,6 +164,14 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
             log.info("closing_worker", worker_id=worker_id, reason=reason)
             session.close(reason)
 
+    def revoke(self, worker_id: str) -> None:
+        """The orchestrator found the worker's token revoked: ends its stream, counted once."""
+        session = self.sessions.get(worker_id)
+        if session is None or session.reason is not None:  # gone, or ending: reports repeat the news meanwhile
+            return
+        AUTH_FAILURES.labels("token_revoked").inc()
+        self.close_worker(worker_id, "token revoked")
+
     def close_all(self, reason: str) -> None:
         for worker_id in list(self.sessions):
             self.close_worker(worker_id, reason)
@@ -163,10 +213,11 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
                 timeout=10,
             )
         except grpc.aio.AioRpcError as exc:
-            code = exc.code() if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT) \
-                else grpc.StatusCode.UNAVAILABLE
             log.info("worker_refused", peer=context.peer(), code=exc.code().name, detail=exc.details())
-            await context.abort(code, exc.details() or "worker not admitted")
+            detail = exc.details() or "worker not admitted"
+            if (reason := REFUSALS.get(exc.code())) is not None:
+                await refuse(context, reason, exc.code(), detail)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, detail)
         worker_id = admitted.worker.id
         session = WorkerSession(worker_id, context, self._limits(), admitted.worker.last_heartbeat.ToNanoseconds())
         previous = self.sessions.get(worker_id)
@@ -177,6 +228,7 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
             session.close(self.closing)
         log.info("worker_connected", worker_id=worker_id, name=hello.name, peer=context.peer())
         reader: asyncio.Task[None] | None = None
+        WORKERS.labels(session.state).inc()
         try:
             if self.routes is not None:
                 await self.routes.open(session)
@@ -207,6 +259,7 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
                 if self.routes is not None:  # this stream's own route: a newer one of the worker keeps its own
                     await self.routes.close(session)
             finally:
+                WORKERS.labels(session.state).dec()
                 session.ended.set()
                 log.info("worker_disconnected", worker_id=worker_id, reason=reason)
 
@@ -214,11 +267,12 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
         try:
             first = await asyncio.wait_for(context.read(), self.settings.hello_timeout_s)
         except asyncio.TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no hello within the hello timeout")
+            await refuse(context, "no_hello", grpc.StatusCode.DEADLINE_EXCEEDED, "no hello within the hello timeout")
         except DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message is not a WorkerMessage")
+            await refuse(context, "bad_hello", grpc.StatusCode.INVALID_ARGUMENT, "the first message is not a WorkerMessage")
         if first is grpc.aio.EOF or first.message.WhichOneof("message") != "hello":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a hello")
+            await refuse(context, "no_hello" if first is grpc.aio.EOF else "bad_hello", grpc.StatusCode.INVALID_ARGUMENT,
+                         "the first message must be a hello")
         return first.message.hello
 
     async def _read_loop(self, session: WorkerSession) -> None:
@@ -253,6 +307,7 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
                 now = Timestamp()
                 now.GetCurrentTime()
                 session.send(workers_pb2.GatewayMessage(heartbeat_ack=workers_pb2.HeartbeatAck(received_at=now)))
+                session.set_state(message.heartbeat.state)
                 self.reporter.add(orchestrator_pb2.WorkerEvent(worker_id=session.worker_id, heartbeat=message.heartbeat))
             elif kind == "metrics":
                 batch, payload = message.metrics, received.batch_bytes()
@@ -267,6 +322,7 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
             elif kind == "status":
                 self.reporter.add(orchestrator_pb2.WorkerEvent(worker_id=session.worker_id, status=message.status))
             elif kind == "goodbye":
+                session.set_state(workers_pb2.WORKER_STATE_DRAINING)
                 self.reporter.add(orchestrator_pb2.WorkerEvent(worker_id=session.worker_id, goodbye=message.goodbye))
             else:
                 return f"unexpected message {kind!r}"

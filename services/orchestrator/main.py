@@ -6,6 +6,7 @@ import asyncio
 
 import structlog
 from nats.aio.client import Client
+from prometheus_client import REGISTRY
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
@@ -19,6 +20,7 @@ from callmeter.v1 import orchestrator_pb2, orchestrator_pb2_grpc, results_pb2_gr
 from services.orchestrator import workers
 from services.orchestrator.conductor import Conductor
 from services.orchestrator.leadership import Leadership
+from services.orchestrator.metrics import RunsByState
 from services.orchestrator.servicer import OrchestratorServicer
 from services.orchestrator.settings import OrchestratorSettings
 
@@ -28,7 +30,7 @@ SETTINGS = OrchestratorSettings
 
 
 class Orchestrator:
-    """Background work: the run conductor and the staleness sweep over workers."""
+    """Background work: the run conductor and the staleness sweep over workers; runs by state on /metrics."""
 
     def __init__(self, settings: OrchestratorSettings, engine: Engine, nats: Client) -> None:
         self.settings = settings
@@ -39,6 +41,8 @@ class Orchestrator:
         self.conductor = Conductor(settings, self.sessions, nats,
                                    results_pb2_grpc.MetricsQueryServiceStub(self.metrics_channel))
         self.leadership = Leadership(engine)
+        self.runs_by_state = RunsByState(engine, self.leadership)
+        REGISTRY.register(self.runs_by_state)
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -49,6 +53,7 @@ class Orchestrator:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        REGISTRY.unregister(self.runs_by_state)
         await asyncio.to_thread(self.leadership.release)
         await self.nats.drain()
         await self.metrics_channel.close()
