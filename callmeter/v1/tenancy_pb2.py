@@ -27,15 +27,15 @@ from callmeter.v1 import common_pb2 as callmeter_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61llmeter/v1/tenancy.proto\x12\x0c\x63\x61llmeter.v1\x1a\x19\x63\x61llmeter/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n\x0cOrganization\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"l\n\x07Project\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"/\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"z\n\x0bRoleBinding\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12 \n\x04role\x18\x02 \x01(\x0e\x32\x12.callmeter.v1.Role\x12\x19\n\x0forganization_id\x18\x03 \x01(\tH\x00\x12\x14\n\nproject_id\x18\x04 \x01(\tH\x00\x42\x07\n\x05scope\"\xa6\x01\n\x08\x41piToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\"\xa2\x01\n\x0bWorkerToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x19\n\x0forganization_id\x18\x03 \x01(\tH\x00\x12\x14\n\nproject_id\x18\x04 \x01(\tH\x00\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x42\x07\n\x05scope\")\n\x19\x43reateOrganizationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x14\x43reateProjectRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"W\n\x13ListProjectsRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.callmeter.v1.PageRequest\"i\n\x14ListProjectsResponse\x12\'\n\x08projects\x18\x01 \x03(\x0b\x32\x15.callmeter.v1.Project\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.PageResponse\"0\n\x11\x43reateUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\">\n\x10GrantRoleRequest\x12*\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x19.callmeter.v1.RoleBinding\"?\n\x11RevokeRoleRequest\x12*\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x19.callmeter.v1.RoleBinding\"\x14\n\x12RevokeRoleResponse\"f\n\x15\x43reateApiTokenRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x16\x43reateApiTokenResponse\x12%\n\x05token\x18\x01 \x01(\x0b\x32\x16.callmeter.v1.ApiToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\")\n\x15RevokeApiTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"b\n\x18\x43reateWorkerTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x0forganization_id\x18\x02 \x01(\tH\x00\x12\x14\n\nproject_id\x18\x03 \x01(\tH\x00\x42\x07\n\x05scope\"U\n\x19\x43reateWorkerTokenResponse\x12(\n\x05token\x18\x01 \x01(\x0b\x32\x19.callmeter.v1.WorkerToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\",\n\x18RevokeWorkerTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"\x0f\n\rWhoAmIRequest\"_\n\x0eWhoAmIResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.callmeter.v1.User\x12+\n\x08\x62indings\x18\x02 \x03(\x0b\x32\x19.callmeter.v1.RoleBinding*o\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x0f\n\x0bROLE_RUNNER\x10\x02\x12\x0f\n\x0bROLE_EDITOR\x10\x03\x12\x0e\n\nROLE_ADMIN\x10\x04\x12\x0e\n\nROLE_OWNER\x10\x05\x32\x99\x07\n\x0eTenancyService\x12Y\n\x12\x43reateOrganization\x12\'.callmeter.v1.CreateOrganizationRequest\x1a\x1a.callmeter.v1.Organization\x12J\n\rCreateProject\x12\".callmeter.v1.CreateProjectRequest\x1a\x15.callmeter.v1.Project\x12U\n\x0cListProjects\x12!.callmeter.v1.ListProjectsRequest\x1a\".callmeter.v1.ListProjectsResponse\x12\x41\n\nCreateUser\x12\x1f.callmeter.v1.CreateUserRequest\x1a\x12.callmeter.v1.User\x12\x46\n\tGrantRole\x12\x1e.callmeter.v1.GrantRoleRequest\x1a\x19.callmeter.v1.RoleBinding\x12O\n\nRevokeRole\x12\x1f.callmeter.v1.RevokeRoleRequest\x1a .callmeter.v1.RevokeRoleResponse\x12[\n\x0e\x43reateApiToken\x12#.callmeter.v1.CreateApiTokenRequest\x1a$.callmeter.v1.CreateApiTokenResponse\x12M\n\x0eRevokeApiToken\x12#.callmeter.v1.RevokeApiTokenRequest\x1a\x16.callmeter.v1.ApiToken\x12\x64\n\x11\x43reateWorkerToken\x12&.callmeter.v1.CreateWorkerTokenRequest\x1a\'.callmeter.v1.CreateWorkerTokenResponse\x12V\n\x11RevokeWorkerToken\x12&.callmeter.v1.RevokeWorkerTokenRequest\x1a\x19.callmeter.v1.WorkerToken\x12\x43\n\x06WhoAmI\x12\x1b.callmeter.v1.WhoAmIRequest\x1a\x1c.callmeter.v1.WhoAmIResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61llmeter/v1/tenancy.proto\x12\x0c\x63\x61llmeter.v1\x1a\x19\x63\x61llmeter/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n\x0cOrganization\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"l\n\x07Project\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"/\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\"z\n\x0bRoleBinding\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12 \n\x04role\x18\x02 \x01(\x0e\x32\x12.callmeter.v1.Role\x12\x19\n\x0forganization_id\x18\x03 \x01(\tH\x00\x12\x14\n\nproject_id\x18\x04 \x01(\tH\x00\x42\x07\n\x05scope\"\x98\x02\n\x08\x41piToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x12\x30\n\x0clast_used_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tuser_name\x18\x08 \x01(\t\x12+\n\x08\x62indings\x18\t \x03(\x0b\x32\x19.callmeter.v1.RoleBinding\"W\n\x06Member\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.callmeter.v1.User\x12+\n\x08\x62indings\x18\x02 \x03(\x0b\x32\x19.callmeter.v1.RoleBinding\"\xa2\x01\n\x0bWorkerToken\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x19\n\x0forganization_id\x18\x03 \x01(\tH\x00\x12\x14\n\nproject_id\x18\x04 \x01(\tH\x00\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x42\x07\n\x05scope\")\n\x19\x43reateOrganizationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x18ListOrganizationsRequest\x12\'\n\x04page\x18\x01 \x01(\x0b\x32\x19.callmeter.v1.PageRequest\"x\n\x19ListOrganizationsResponse\x12\x31\n\rorganizations\x18\x01 \x03(\x0b\x32\x1a.callmeter.v1.Organization\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.PageResponse\"=\n\x14\x43reateProjectRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"W\n\x13ListProjectsRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.callmeter.v1.PageRequest\"i\n\x14ListProjectsResponse\x12\'\n\x08projects\x18\x01 \x03(\x0b\x32\x15.callmeter.v1.Project\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.PageResponse\"0\n\x11\x43reateUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"u\n\x10ListUsersRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x14\n\nproject_id\x18\x02 \x01(\tH\x00\x12\'\n\x04page\x18\x03 \x01(\x0b\x32\x19.callmeter.v1.PageRequestB\x07\n\x05scope\"b\n\x11ListUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.callmeter.v1.Member\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.PageResponse\">\n\x10GrantRoleRequest\x12*\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x19.callmeter.v1.RoleBinding\"?\n\x11RevokeRoleRequest\x12*\n\x07\x62inding\x18\x01 \x01(\x0b\x32\x19.callmeter.v1.RoleBinding\"\x14\n\x12RevokeRoleResponse\"\xc2\x01\n\x15\x43reateApiTokenRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x04role\x18\x04 \x01(\x0e\x32\x12.callmeter.v1.Role\x12\x19\n\x0forganization_id\x18\x05 \x01(\tH\x00\x12\x14\n\nproject_id\x18\x06 \x01(\tH\x00\x42\x07\n\x05scope\"O\n\x16\x43reateApiTokenResponse\x12%\n\x05token\x18\x01 \x01(\x0b\x32\x16.callmeter.v1.ApiToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\"X\n\x14ListApiTokensRequest\x12\x17\n\x0finclude_revoked\x18\x01 \x01(\x08\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.callmeter.v1.PageRequest\"i\n\x15ListApiTokensResponse\x12&\n\x06tokens\x18\x01 \x03(\x0b\x32\x16.callmeter.v1.ApiToken\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.PageResponse\")\n\x15RevokeApiTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"b\n\x18\x43reateWorkerTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x0forganization_id\x18\x02 \x01(\tH\x00\x12\x14\n\nproject_id\x18\x03 \x01(\tH\x00\x42\x07\n\x05scope\"U\n\x19\x43reateWorkerTokenResponse\x12(\n\x05token\x18\x01 \x01(\x0b\x32\x19.callmeter.v1.WorkerToken\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x95\x01\n\x17ListWorkerTokensRequest\x12\x19\n\x0forganization_id\x18\x01 \x01(\tH\x00\x12\x14\n\nproject_id\x18\x02 \x01(\tH\x00\x12\x17\n\x0finclude_revoked\x18\x03 \x01(\x08\x12\'\n\x04page\x18\x04 \x01(\x0b\x32\x19.callmeter.v1.PageRequestB\x07\n\x05scope\"o\n\x18ListWorkerTokensResponse\x12)\n\x06tokens\x18\x01 \x03(\x0b\x32\x19.callmeter.v1.WorkerToken\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.PageResponse\",\n\x18RevokeWorkerTokenRequest\x12\x10\n\x08token_id\x18\x01 \x01(\t\"\x0f\n\rWhoAmIRequest\"\x86\x01\n\x0eWhoAmIResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.callmeter.v1.User\x12+\n\x08\x62indings\x18\x02 \x03(\x0b\x32\x19.callmeter.v1.RoleBinding\x12%\n\x05token\x18\x03 \x01(\x0b\x32\x16.callmeter.v1.ApiToken*o\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_VIEWER\x10\x01\x12\x0f\n\x0bROLE_RUNNER\x10\x02\x12\x0f\n\x0bROLE_EDITOR\x10\x03\x12\x0e\n\nROLE_ADMIN\x10\x04\x12\x0e\n\nROLE_OWNER\x10\x05\x32\x8a\n\n\x0eTenancyService\x12Y\n\x12\x43reateOrganization\x12\'.callmeter.v1.CreateOrganizationRequest\x1a\x1a.callmeter.v1.Organization\x12\x64\n\x11ListOrganizations\x12&.callmeter.v1.ListOrganizationsRequest\x1a\'.callmeter.v1.ListOrganizationsResponse\x12J\n\rCreateProject\x12\".callmeter.v1.CreateProjectRequest\x1a\x15.callmeter.v1.Project\x12U\n\x0cListProjects\x12!.callmeter.v1.ListProjectsRequest\x1a\".callmeter.v1.ListProjectsResponse\x12\x41\n\nCreateUser\x12\x1f.callmeter.v1.CreateUserRequest\x1a\x12.callmeter.v1.User\x12L\n\tListUsers\x12\x1e.callmeter.v1.ListUsersRequest\x1a\x1f.callmeter.v1.ListUsersResponse\x12\x46\n\tGrantRole\x12\x1e.callmeter.v1.GrantRoleRequest\x1a\x19.callmeter.v1.RoleBinding\x12O\n\nRevokeRole\x12\x1f.callmeter.v1.RevokeRoleRequest\x1a .callmeter.v1.RevokeRoleResponse\x12[\n\x0e\x43reateApiToken\x12#.callmeter.v1.CreateApiTokenRequest\x1a$.callmeter.v1.CreateApiTokenResponse\x12X\n\rListApiTokens\x12\".callmeter.v1.ListApiTokensRequest\x1a#.callmeter.v1.ListApiTokensResponse\x12M\n\x0eRevokeApiToken\x12#.callmeter.v1.RevokeApiTokenRequest\x1a\x16.callmeter.v1.ApiToken\x12\x64\n\x11\x43reateWorkerToken\x12&.callmeter.v1.CreateWorkerTokenRequest\x1a\'.callmeter.v1.CreateWorkerTokenResponse\x12\x61\n\x10ListWorkerTokens\x12%.callmeter.v1.ListWorkerTokensRequest\x1a&.callmeter.v1.ListWorkerTokensResponse\x12V\n\x11RevokeWorkerToken\x12&.callmeter.v1.RevokeWorkerTokenRequest\x1a\x19.callmeter.v1.WorkerToken\x12\x43\n\x06WhoAmI\x12\x1b.callmeter.v1.WhoAmIRequest\x1a\x1c.callmeter.v1.WhoAmIResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callmeter.v1.tenancy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1889
-  _globals['_ROLE']._serialized_end=2000
+  _globals['_ROLE']._serialized_start=3097
+  _globals['_ROLE']._serialized_end=3208
   _globals['_ORGANIZATION']._serialized_start=104
   _globals['_ORGANIZATION']._serialized_end=192
   _globals['_PROJECT']._serialized_start=194
@@ -45,41 +45,59 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROLEBINDING']._serialized_start=353
   _globals['_ROLEBINDING']._serialized_end=475
   _globals['_APITOKEN']._serialized_start=478
-  _globals['_APITOKEN']._serialized_end=644
-  _globals['_WORKERTOKEN']._serialized_start=647
-  _globals['_WORKERTOKEN']._serialized_end=809
-  _globals['_CREATEORGANIZATIONREQUEST']._serialized_start=811
-  _globals['_CREATEORGANIZATIONREQUEST']._serialized_end=852
-  _globals['_CREATEPROJECTREQUEST']._serialized_start=854
-  _globals['_CREATEPROJECTREQUEST']._serialized_end=915
-  _globals['_LISTPROJECTSREQUEST']._serialized_start=917
-  _globals['_LISTPROJECTSREQUEST']._serialized_end=1004
-  _globals['_LISTPROJECTSRESPONSE']._serialized_start=1006
-  _globals['_LISTPROJECTSRESPONSE']._serialized_end=1111
-  _globals['_CREATEUSERREQUEST']._serialized_start=1113
-  _globals['_CREATEUSERREQUEST']._serialized_end=1161
-  _globals['_GRANTROLEREQUEST']._serialized_start=1163
-  _globals['_GRANTROLEREQUEST']._serialized_end=1225
-  _globals['_REVOKEROLEREQUEST']._serialized_start=1227
-  _globals['_REVOKEROLEREQUEST']._serialized_end=1290
-  _globals['_REVOKEROLERESPONSE']._serialized_start=1292
-  _globals['_REVOKEROLERESPONSE']._serialized_end=1312
-  _globals['_CREATEAPITOKENREQUEST']._serialized_start=1314
-  _globals['_CREATEAPITOKENREQUEST']._serialized_end=1416
-  _globals['_CREATEAPITOKENRESPONSE']._serialized_start=1418
-  _globals['_CREATEAPITOKENRESPONSE']._serialized_end=1497
-  _globals['_REVOKEAPITOKENREQUEST']._serialized_start=1499
-  _globals['_REVOKEAPITOKENREQUEST']._serialized_end=1540
-  _globals['_CREATEWORKERTOKENREQUEST']._serialized_start=1542
-  _globals['_CREATEWORKERTOKENREQUEST']._serialized_end=1640
-  _globals['_CREATEWORKERTOKENRESPONSE']._serialized_start=1642
-  _globals['_CREATEWORKERTOKENRESPONSE']._serialized_end=1727
-  _globals['_REVOKEWORKERTOKENREQUEST']._serialized_start=1729
-  _globals['_REVOKEWORKERTOKENREQUEST']._serialized_end=1773
-  _globals['_WHOAMIREQUEST']._serialized_start=1775
-  _globals['_WHOAMIREQUEST']._serialized_end=1790
-  _globals['_WHOAMIRESPONSE']._serialized_start=1792
-  _globals['_WHOAMIRESPONSE']._serialized_end=1887
-  _globals['_TENANCYSERVICE']._serialized_start=2003
-  _globals['_TENANCYSERVICE']._serialized_end=2924
+  _globals['_APITOKEN']._serialized_end=758
+  _globals['_MEMBER']._serialized_start=760
+  _globals['_MEMBER']._serialized_end=847
+  _globals['_WORKERTOKEN']._serialized_start=850
+  _globals['_WORKERTOKEN']._serialized_end=1012
+  _globals['_CREATEORGANIZATIONREQUEST']._serialized_start=1014
+  _globals['_CREATEORGANIZATIONREQUEST']._serialized_end=1055
+  _globals['_LISTORGANIZATIONSREQUEST']._serialized_start=1057
+  _globals['_LISTORGANIZATIONSREQUEST']._serialized_end=1124
+  _globals['_LISTORGANIZATIONSRESPONSE']._serialized_start=1126
+  _globals['_LISTORGANIZATIONSRESPONSE']._serialized_end=1246
+  _globals['_CREATEPROJECTREQUEST']._serialized_start=1248
+  _globals['_CREATEPROJECTREQUEST']._serialized_end=1309
+  _globals['_LISTPROJECTSREQUEST']._serialized_start=1311
+  _globals['_LISTPROJECTSREQUEST']._serialized_end=1398
+  _globals['_LISTPROJECTSRESPONSE']._serialized_start=1400
+  _globals['_LISTPROJECTSRESPONSE']._serialized_end=1505
+  _globals['_CREATEUSERREQUEST']._serialized_start=1507
+  _globals['_CREATEUSERREQUEST']._serialized_end=1555
+  _globals['_LISTUSERSREQUEST']._serialized_start=1557
+  _globals['_LISTUSERSREQUEST']._serialized_end=1674
+  _globals['_LISTUSERSRESPONSE']._serialized_start=1676
+  _globals['_LISTUSERSRESPONSE']._serialized_end=1774
+  _globals['_GRANTROLEREQUEST']._serialized_start=1776
+  _globals['_GRANTROLEREQUEST']._serialized_end=1838
+  _globals['_REVOKEROLEREQUEST']._serialized_start=1840
+  _globals['_REVOKEROLEREQUEST']._serialized_end=1903
+  _globals['_REVOKEROLERESPONSE']._serialized_start=1905
+  _globals['_REVOKEROLERESPONSE']._serialized_end=1925
+  _globals['_CREATEAPITOKENREQUEST']._serialized_start=1928
+  _globals['_CREATEAPITOKENREQUEST']._serialized_end=2122
+  _globals['_CREATEAPITOKENRESPONSE']._serialized_start=2124
+  _globals['_CREATEAPITOKENRESPONSE']._serialized_end=2203
+  _globals['_LISTAPITOKENSREQUEST']._serialized_start=2205
+  _globals['_LISTAPITOKENSREQUEST']._serialized_end=2293
+  _globals['_LISTAPITOKENSRESPONSE']._serialized_start=2295
+  _globals['_LISTAPITOKENSRESPONSE']._serialized_end=2400
+  _globals['_REVOKEAPITOKENREQUEST']._serialized_start=2402
+  _globals['_REVOKEAPITOKENREQUEST']._serialized_end=2443
+  _globals['_CREATEWORKERTOKENREQUEST']._serialized_start=2445
+  _globals['_CREATEWORKERTOKENREQUEST']._serialized_end=2543
+  _globals['_CREATEWORKERTOKENRESPONSE']._serialized_start=2545
+  _globals['_CREATEWORKERTOKENRESPONSE']._serialized_end=2630
+  _globals['_LISTWORKERTOKENSREQUEST']._serialized_start=2633
+  _globals['_LISTWORKERTOKENSREQUEST']._serialized_end=2782
+  _globals['_LISTWORKERTOKENSRESPONSE']._serialized_start=2784
+  _globals['_LISTWORKERTOKENSRESPONSE']._serialized_end=2895
+  _globals['_REVOKEWORKERTOKENREQUEST']._serialized_start=2897
+  _globals['_REVOKEWORKERTOKENREQUEST']._serialized_end=2941
+  _globals['_WHOAMIREQUEST']._serialized_start=2943
+  _globals['_WHOAMIREQUEST']._serialized_end=2958
+  _globals['_WHOAMIRESPONSE']._serialized_start=2961
+  _globals['_WHOAMIRESPONSE']._serialized_end=3095
+  _globals['_TENANCYSERVICE']._serialized_start=3211
+  _globals['_TENANCYSERVICE']._serialized_end=4501
 # @@protoc_insertion_point(module_scope)

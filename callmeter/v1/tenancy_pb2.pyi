@@ -72,20 +72,34 @@ class RoleBinding(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., organization_id: _Optional[str] = ..., project_id: _Optional[str] = ...) -> None: ...
 
 class ApiToken(_message.Message):
-    __slots__ = ("id", "user_id", "name", "created_at", "expires_at", "revoked")
+    __slots__ = ("id", "user_id", "name", "created_at", "expires_at", "revoked", "last_used_at", "user_name", "bindings")
     ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
+    USER_NAME_FIELD_NUMBER: _ClassVar[int]
+    BINDINGS_FIELD_NUMBER: _ClassVar[int]
     id: str
     user_id: str
     name: str
     created_at: _timestamp_pb2.Timestamp
     expires_at: _timestamp_pb2.Timestamp
     revoked: bool
-    def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: _Optional[bool] = ...) -> None: ...
+    last_used_at: _timestamp_pb2.Timestamp
+    user_name: str
+    bindings: _containers.RepeatedCompositeFieldContainer[RoleBinding]
+    def __init__(self, id: _Optional[str] = ..., user_id: _Optional[str] = ..., name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: _Optional[bool] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user_name: _Optional[str] = ..., bindings: _Optional[_Iterable[_Union[RoleBinding, _Mapping]]] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("user", "bindings")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    BINDINGS_FIELD_NUMBER: _ClassVar[int]
+    user: User
+    bindings: _containers.RepeatedCompositeFieldContainer[RoleBinding]
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ..., bindings: _Optional[_Iterable[_Union[RoleBinding, _Mapping]]] = ...) -> None: ...
 
 class WorkerToken(_message.Message):
     __slots__ = ("id", "name", "organization_id", "project_id", "created_at", "revoked")
@@ -108,6 +122,20 @@ class CreateOrganizationRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListOrganizationsRequest(_message.Message):
+    __slots__ = ("page",)
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    page: _common_pb2.PageRequest
+    def __init__(self, page: _Optional[_Union[_common_pb2.PageRequest, _Mapping]] = ...) -> None: ...
+
+class ListOrganizationsResponse(_message.Message):
+    __slots__ = ("organizations", "page")
+    ORGANIZATIONS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    organizations: _containers.RepeatedCompositeFieldContainer[Organization]
+    page: _common_pb2.PageResponse
+    def __init__(self, organizations: _Optional[_Iterable[_Union[Organization, _Mapping]]] = ..., page: _Optional[_Union[_common_pb2.PageResponse, _Mapping]] = ...) -> None: ...
 
 class CreateProjectRequest(_message.Message):
     __slots__ = ("organization_id", "name")
@@ -141,6 +169,24 @@ class CreateUserRequest(_message.Message):
     email: str
     def __init__(self, name: _Optional[str] = ..., email: _Optional[str] = ...) -> None: ...
 
+class ListUsersRequest(_message.Message):
+    __slots__ = ("organization_id", "project_id", "page")
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    organization_id: str
+    project_id: str
+    page: _common_pb2.PageRequest
+    def __init__(self, organization_id: _Optional[str] = ..., project_id: _Optional[str] = ..., page: _Optional[_Union[_common_pb2.PageRequest, _Mapping]] = ...) -> None: ...
+
+class ListUsersResponse(_message.Message):
+    __slots__ = ("users", "page")
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    users: _containers.RepeatedCompositeFieldContainer[Member]
+    page: _common_pb2.PageResponse
+    def __init__(self, users: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., page: _Optional[_Union[_common_pb2.PageResponse, _Mapping]] = ...) -> None: ...
+
 class GrantRoleRequest(_message.Message):
     __slots__ = ("binding",)
     BINDING_FIELD_NUMBER: _ClassVar[int]
@@ -158,14 +204,20 @@ class RevokeRoleResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateApiTokenRequest(_message.Message):
-    __slots__ = ("user_id", "name", "expires_at")
+    __slots__ = ("user_id", "name", "expires_at", "role", "organization_id", "project_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     name: str
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, user_id: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    role: Role
+    organization_id: str
+    project_id: str
+    def __init__(self, user_id: _Optional[str] = ..., name: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., role: _Optional[_Union[Role, str]] = ..., organization_id: _Optional[str] = ..., project_id: _Optional[str] = ...) -> None: ...
 
 class CreateApiTokenResponse(_message.Message):
     __slots__ = ("token", "secret")
@@ -174,6 +226,22 @@ class CreateApiTokenResponse(_message.Message):
     token: ApiToken
     secret: str
     def __init__(self, token: _Optional[_Union[ApiToken, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
+
+class ListApiTokensRequest(_message.Message):
+    __slots__ = ("include_revoked", "page")
+    INCLUDE_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    include_revoked: bool
+    page: _common_pb2.PageRequest
+    def __init__(self, include_revoked: _Optional[bool] = ..., page: _Optional[_Union[_common_pb2.PageRequest, _Mapping]] = ...) -> None: ...
+
+class ListApiTokensResponse(_message.Message):
+    __slots__ = ("tokens", "page")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[ApiToken]
+    page: _common_pb2.PageResponse
+    def __init__(self, tokens: _Optional[_Iterable[_Union[ApiToken, _Mapping]]] = ..., page: _Optional[_Union[_common_pb2.PageResponse, _Mapping]] = ...) -> None: ...
 
 class RevokeApiTokenRequest(_message.Message):
     __slots__ = ("token_id",)
@@ -199,6 +267,26 @@ class CreateWorkerTokenResponse(_message.Message):
     secret: str
     def __init__(self, token: _Optional[_Union[WorkerToken, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
 
+class ListWorkerTokensRequest(_message.Message):
+    __slots__ = ("organization_id", "project_id", "include_revoked", "page")
+    ORGANIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    organization_id: str
+    project_id: str
+    include_revoked: bool
+    page: _common_pb2.PageRequest
+    def __init__(self, organization_id: _Optional[str] = ..., project_id: _Optional[str] = ..., include_revoked: _Optional[bool] = ..., page: _Optional[_Union[_common_pb2.PageRequest, _Mapping]] = ...) -> None: ...
+
+class ListWorkerTokensResponse(_message.Message):
+    __slots__ = ("tokens", "page")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[WorkerToken]
+    page: _common_pb2.PageResponse
+    def __init__(self, tokens: _Optional[_Iterable[_Union[WorkerToken, _Mapping]]] = ..., page: _Optional[_Union[_common_pb2.PageResponse, _Mapping]] = ...) -> None: ...
+
 class RevokeWorkerTokenRequest(_message.Message):
     __slots__ = ("token_id",)
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -210,9 +298,11 @@ class WhoAmIRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WhoAmIResponse(_message.Message):
-    __slots__ = ("user", "bindings")
+    __slots__ = ("user", "bindings", "token")
     USER_FIELD_NUMBER: _ClassVar[int]
     BINDINGS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     user: User
     bindings: _containers.RepeatedCompositeFieldContainer[RoleBinding]
-    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ..., bindings: _Optional[_Iterable[_Union[RoleBinding, _Mapping]]] = ...) -> None: ...
+    token: ApiToken
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ..., bindings: _Optional[_Iterable[_Union[RoleBinding, _Mapping]]] = ..., token: _Optional[_Union[ApiToken, _Mapping]] = ...) -> None: ...

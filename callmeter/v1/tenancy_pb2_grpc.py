@@ -40,6 +40,11 @@ class TenancyServiceStub:
                 request_serializer=callmeter_dot_v1_dot_tenancy__pb2.CreateOrganizationRequest.SerializeToString,
                 response_deserializer=callmeter_dot_v1_dot_tenancy__pb2.Organization.FromString,
                 _registered_method=True)
+        self.ListOrganizations = channel.unary_unary(
+                '/callmeter.v1.TenancyService/ListOrganizations',
+                request_serializer=callmeter_dot_v1_dot_tenancy__pb2.ListOrganizationsRequest.SerializeToString,
+                response_deserializer=callmeter_dot_v1_dot_tenancy__pb2.ListOrganizationsResponse.FromString,
+                _registered_method=True)
         self.CreateProject = channel.unary_unary(
                 '/callmeter.v1.TenancyService/CreateProject',
                 request_serializer=callmeter_dot_v1_dot_tenancy__pb2.CreateProjectRequest.SerializeToString,
@@ -54,6 +59,11 @@ class TenancyServiceStub:
                 '/callmeter.v1.TenancyService/CreateUser',
                 request_serializer=callmeter_dot_v1_dot_tenancy__pb2.CreateUserRequest.SerializeToString,
                 response_deserializer=callmeter_dot_v1_dot_tenancy__pb2.User.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/callmeter.v1.TenancyService/ListUsers',
+                request_serializer=callmeter_dot_v1_dot_tenancy__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=callmeter_dot_v1_dot_tenancy__pb2.ListUsersResponse.FromString,
                 _registered_method=True)
         self.GrantRole = channel.unary_unary(
                 '/callmeter.v1.TenancyService/GrantRole',
@@ -70,6 +80,11 @@ class TenancyServiceStub:
                 request_serializer=callmeter_dot_v1_dot_tenancy__pb2.CreateApiTokenRequest.SerializeToString,
                 response_deserializer=callmeter_dot_v1_dot_tenancy__pb2.CreateApiTokenResponse.FromString,
                 _registered_method=True)
+        self.ListApiTokens = channel.unary_unary(
+                '/callmeter.v1.TenancyService/ListApiTokens',
+                request_serializer=callmeter_dot_v1_dot_tenancy__pb2.ListApiTokensRequest.SerializeToString,
+                response_deserializer=callmeter_dot_v1_dot_tenancy__pb2.ListApiTokensResponse.FromString,
+                _registered_method=True)
         self.RevokeApiToken = channel.unary_unary(
                 '/callmeter.v1.TenancyService/RevokeApiToken',
                 request_serializer=callmeter_dot_v1_dot_tenancy__pb2.RevokeApiTokenRequest.SerializeToString,
@@ -79,6 +94,11 @@ class TenancyServiceStub:
                 '/callmeter.v1.TenancyService/CreateWorkerToken',
                 request_serializer=callmeter_dot_v1_dot_tenancy__pb2.CreateWorkerTokenRequest.SerializeToString,
                 response_deserializer=callmeter_dot_v1_dot_tenancy__pb2.CreateWorkerTokenResponse.FromString,
+                _registered_method=True)
+        self.ListWorkerTokens = channel.unary_unary(
+                '/callmeter.v1.TenancyService/ListWorkerTokens',
+                request_serializer=callmeter_dot_v1_dot_tenancy__pb2.ListWorkerTokensRequest.SerializeToString,
+                response_deserializer=callmeter_dot_v1_dot_tenancy__pb2.ListWorkerTokensResponse.FromString,
                 _registered_method=True)
         self.RevokeWorkerToken = channel.unary_unary(
                 '/callmeter.v1.TenancyService/RevokeWorkerToken',
@@ -101,6 +121,13 @@ class TenancyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOrganizations(self, request, context):
+        """The organizations the caller holds a role in, on the organization or on one of its projects.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateProject(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -115,6 +142,13 @@ class TenancyServiceServicer:
 
     def CreateUser(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """The users holding a role on what the caller administers, with those roles.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -138,6 +172,13 @@ class TenancyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApiTokens(self, request, context):
+        """The caller's API tokens and those of the users holding a role on what it administers; no secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RevokeApiToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -146,6 +187,13 @@ class TenancyServiceServicer:
 
     def CreateWorkerToken(self, request, context):
         """Returns the secret once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkerTokens(self, request, context):
+        """The worker tokens of what the caller administers; no secret.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,6 +221,11 @@ def add_TenancyServiceServicer_to_server(servicer, server):
                     request_deserializer=callmeter_dot_v1_dot_tenancy__pb2.CreateOrganizationRequest.FromString,
                     response_serializer=callmeter_dot_v1_dot_tenancy__pb2.Organization.SerializeToString,
             ),
+            'ListOrganizations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOrganizations,
+                    request_deserializer=callmeter_dot_v1_dot_tenancy__pb2.ListOrganizationsRequest.FromString,
+                    response_serializer=callmeter_dot_v1_dot_tenancy__pb2.ListOrganizationsResponse.SerializeToString,
+            ),
             'CreateProject': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateProject,
                     request_deserializer=callmeter_dot_v1_dot_tenancy__pb2.CreateProjectRequest.FromString,
@@ -187,6 +240,11 @@ def add_TenancyServiceServicer_to_server(servicer, server):
                     servicer.CreateUser,
                     request_deserializer=callmeter_dot_v1_dot_tenancy__pb2.CreateUserRequest.FromString,
                     response_serializer=callmeter_dot_v1_dot_tenancy__pb2.User.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=callmeter_dot_v1_dot_tenancy__pb2.ListUsersRequest.FromString,
+                    response_serializer=callmeter_dot_v1_dot_tenancy__pb2.ListUsersResponse.SerializeToString,
             ),
             'GrantRole': grpc.unary_unary_rpc_method_handler(
                     servicer.GrantRole,
@@ -203,6 +261,11 @@ def add_TenancyServiceServicer_to_server(servicer, server):
                     request_deserializer=callmeter_dot_v1_dot_tenancy__pb2.CreateApiTokenRequest.FromString,
                     response_serializer=callmeter_dot_v1_dot_tenancy__pb2.CreateApiTokenResponse.SerializeToString,
             ),
+            'ListApiTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiTokens,
+                    request_deserializer=callmeter_dot_v1_dot_tenancy__pb2.ListApiTokensRequest.FromString,
+                    response_serializer=callmeter_dot_v1_dot_tenancy__pb2.ListApiTokensResponse.SerializeToString,
+            ),
             'RevokeApiToken': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeApiToken,
                     request_deserializer=callmeter_dot_v1_dot_tenancy__pb2.RevokeApiTokenRequest.FromString,
@@ -212,6 +275,11 @@ def add_TenancyServiceServicer_to_server(servicer, server):
                     servicer.CreateWorkerToken,
                     request_deserializer=callmeter_dot_v1_dot_tenancy__pb2.CreateWorkerTokenRequest.FromString,
                     response_serializer=callmeter_dot_v1_dot_tenancy__pb2.CreateWorkerTokenResponse.SerializeToString,
+            ),
+            'ListWorkerTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkerTokens,
+                    request_deserializer=callmeter_dot_v1_dot_tenancy__pb2.ListWorkerTokensRequest.FromString,
+                    response_serializer=callmeter_dot_v1_dot_tenancy__pb2.ListWorkerTokensResponse.SerializeToString,
             ),
             'RevokeWorkerToken': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeWorkerToken,
@@ -251,6 +319,33 @@ class TenancyService:
             '/callmeter.v1.TenancyService/CreateOrganization',
             callmeter_dot_v1_dot_tenancy__pb2.CreateOrganizationRequest.SerializeToString,
             callmeter_dot_v1_dot_tenancy__pb2.Organization.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOrganizations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callmeter.v1.TenancyService/ListOrganizations',
+            callmeter_dot_v1_dot_tenancy__pb2.ListOrganizationsRequest.SerializeToString,
+            callmeter_dot_v1_dot_tenancy__pb2.ListOrganizationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -343,6 +438,33 @@ class TenancyService:
             _registered_method=True)
 
     @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callmeter.v1.TenancyService/ListUsers',
+            callmeter_dot_v1_dot_tenancy__pb2.ListUsersRequest.SerializeToString,
+            callmeter_dot_v1_dot_tenancy__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GrantRole(request,
             target,
             options=(),
@@ -424,6 +546,33 @@ class TenancyService:
             _registered_method=True)
 
     @staticmethod
+    def ListApiTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callmeter.v1.TenancyService/ListApiTokens',
+            callmeter_dot_v1_dot_tenancy__pb2.ListApiTokensRequest.SerializeToString,
+            callmeter_dot_v1_dot_tenancy__pb2.ListApiTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def RevokeApiToken(request,
             target,
             options=(),
@@ -467,6 +616,33 @@ class TenancyService:
             '/callmeter.v1.TenancyService/CreateWorkerToken',
             callmeter_dot_v1_dot_tenancy__pb2.CreateWorkerTokenRequest.SerializeToString,
             callmeter_dot_v1_dot_tenancy__pb2.CreateWorkerTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkerTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callmeter.v1.TenancyService/ListWorkerTokens',
+            callmeter_dot_v1_dot_tenancy__pb2.ListWorkerTokensRequest.SerializeToString,
+            callmeter_dot_v1_dot_tenancy__pb2.ListWorkerTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

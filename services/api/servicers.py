@@ -63,14 +63,18 @@ class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
         self.auth = auth
 
     CreateOrganization = _rpc(tenancy.create_organization)
+    ListOrganizations = _rpc(tenancy.list_organizations)
     CreateProject = _rpc(tenancy.create_project)
     ListProjects = _rpc(tenancy.list_projects)
     CreateUser = _rpc(tenancy.create_user)
+    ListUsers = _rpc(tenancy.list_users)
     GrantRole = _rpc(tenancy.grant_role)
     RevokeRole = _rpc(tenancy.revoke_role)
     CreateApiToken = _rpc(tenancy.create_api_token)
+    ListApiTokens = _rpc(tenancy.list_api_tokens)
     RevokeApiToken = _rpc(tenancy.revoke_api_token)
     CreateWorkerToken = _rpc(tenancy.create_worker_token)
+    ListWorkerTokens = _rpc(tenancy.list_worker_tokens)
     RevokeWorkerToken = _rpc(tenancy.revoke_worker_token)
     WhoAmI = _rpc(tenancy.who_am_i)
 

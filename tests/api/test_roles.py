@@ -40,11 +40,17 @@ CASES = [
     # TenancyService
     Case("CreateOrganization", NO_ROLE, "project",
          lambda w: (tenancy.create_organization, tenancy_pb2.CreateOrganizationRequest(name="new-org"))),
+    Case("ListOrganizations", NO_ROLE, "project",
+         lambda w: (tenancy.list_organizations, tenancy_pb2.ListOrganizationsRequest())),
     Case("CreateProject", ADMIN, "organization", lambda w: (
         tenancy.create_project, tenancy_pb2.CreateProjectRequest(organization_id=w.organization, name="new"))),
     Case("ListProjects", VIEWER, "project", lambda w: (
         tenancy.list_projects, tenancy_pb2.ListProjectsRequest(organization_id=w.organization))),
     Case("CreateUser", ADMIN, "project", lambda w: (tenancy.create_user, tenancy_pb2.CreateUserRequest(name="new"))),
+    Case("ListUsers:project", ADMIN, "project",
+         lambda w: (tenancy.list_users, tenancy_pb2.ListUsersRequest(project_id=w.project))),
+    Case("ListUsers:organization", ADMIN, "organization",
+         lambda w: (tenancy.list_users, tenancy_pb2.ListUsersRequest(organization_id=w.organization))),
     Case("GrantRole:project", ADMIN, "project", lambda w: (
         tenancy.grant_role, tenancy_pb2.GrantRoleRequest(binding=binding(w.org_member, RUNNER, w, "project")))),
     Case("GrantRole:organization", ADMIN, "organization", lambda w: (
@@ -63,12 +69,23 @@ CASES = [
         tenancy.create_api_token, tenancy_pb2.CreateApiTokenRequest(user_id=w.member, name="theirs"))),
     Case("CreateApiToken:organization-member", ADMIN, "organization", lambda w: (
         tenancy.create_api_token, tenancy_pb2.CreateApiTokenRequest(user_id=w.org_member, name="theirs"))),
+    Case("CreateApiToken:role-on-project", ADMIN, "project", lambda w: (tenancy.create_api_token,
+         tenancy_pb2.CreateApiTokenRequest(name="ci", role=RUNNER, project_id=w.project))),
+    Case("CreateApiToken:role-on-organization", ADMIN, "organization", lambda w: (tenancy.create_api_token,
+         tenancy_pb2.CreateApiTokenRequest(name="ci", role=VIEWER, organization_id=w.organization))),
+    Case("CreateApiToken:owner-role", OWNER, "organization", lambda w: (tenancy.create_api_token,
+         tenancy_pb2.CreateApiTokenRequest(name="ci", role=OWNER, organization_id=w.organization))),
+    Case("ListApiTokens", NO_ROLE, "project", lambda w: (tenancy.list_api_tokens, tenancy_pb2.ListApiTokensRequest())),
     Case("RevokeApiToken:project-member", ADMIN, "project", lambda w: (
         tenancy.revoke_api_token, tenancy_pb2.RevokeApiTokenRequest(token_id=w.member_token))),
     Case("CreateWorkerToken:project", ADMIN, "project", lambda w: (
         tenancy.create_worker_token, tenancy_pb2.CreateWorkerTokenRequest(name="w", project_id=w.project))),
     Case("CreateWorkerToken:organization", ADMIN, "organization", lambda w: (
         tenancy.create_worker_token, tenancy_pb2.CreateWorkerTokenRequest(name="w", organization_id=w.organization))),
+    Case("ListWorkerTokens:project", ADMIN, "project", lambda w: (
+        tenancy.list_worker_tokens, tenancy_pb2.ListWorkerTokensRequest(project_id=w.project))),
+    Case("ListWorkerTokens:organization", ADMIN, "organization", lambda w: (
+        tenancy.list_worker_tokens, tenancy_pb2.ListWorkerTokensRequest(organization_id=w.organization))),
     Case("RevokeWorkerToken:project", ADMIN, "project", lambda w: (
         tenancy.revoke_worker_token, tenancy_pb2.RevokeWorkerTokenRequest(token_id=w.project_worker_token))),
     Case("RevokeWorkerToken:organization", ADMIN, "organization", lambda w: (
