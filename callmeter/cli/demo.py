@@ -35,7 +35,11 @@ def handle(args: argparse.Namespace) -> int:
     from callmeter.cli.up import print_status
     from callmeter.common.errors import ConfigError
 
-    if not args.file.is_file():
+    try:
+        found = args.file.is_file()
+    except OSError:  # e.g. a name too long
+        found = False
+    if not found:
         print(f"callmeter: error: no test file {args.file} (run the demo from the repository's top folder)",
               file=sys.stderr)
         return ExitCode.ERROR

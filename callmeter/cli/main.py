@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -52,6 +53,8 @@ def _default_text(field: FieldInfo) -> str:
     """"required", "default 'info'", or for a default made when the service starts, an example of it."""
     if field.is_required():
         return "required"
+    if field.default is None and field.description:  # unset: the service decides, as the description says
+        return f"default {field.description}"
     if field.default_factory is None:
         return f"default {field.default!r}"
     if field.default_factory_takes_validated_data:
@@ -101,9 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=_service_handler(module_name))
         if name in SERVICE_OPTIONS:
             SERVICE_OPTIONS[name](sub)
-    from callmeter.cli import demo, run, runs, testcmd, up, workers
+    from callmeter.cli import bootstrap, demo, orgs, run, runs, testcmd, tokens, up, users, workers
 
-    for module in (up, demo, run, runs, testcmd, workers):
+    for module in (up, bootstrap, demo, run, runs, testcmd, workers, orgs, users, tokens):
         module.add_parser(commands)
     return parser
 
@@ -134,22 +137,49 @@ def _service_help(name: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """The exit code of a command; argparse's usage errors and --help exit from inside (SystemExit)."""
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a file name that is not UTF-8 is printed, as on stderr
+        sys.stdout.reconfigure(errors="backslashreplace")
+    try:
+        try:
+            return _run(list(sys.argv[1:] if argv is None else argv))
+        finally:
+            sys.stdout.flush()  # a closed pipe is found here, not in Python's own flush at exit
+    except BrokenPipeError:  # the reader went away (`… | head`)
+        # Python flushes stdout again at exit: point it at nothing so that this is the last word.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _last_word("callmeter: error: the output was closed before everything was written")
+    except KeyboardInterrupt:
+        return _last_word("\ncallmeter: interrupted", ExitCode.INTERRUPTED)
+
+
+def _run(argv: list[str]) -> int:
     # A service's --help lists its environment variables; that needs its settings imported.
     if len(argv) >= 2 and argv[0] in SERVICES and argv[1] in ("-h", "--help"):
         print(_service_help(argv[0]), end="")
         return ExitCode.OK
     args = build_parser().parse_args(argv)
+    for name, value in vars(args).items():  # ids, names, addresses: protobuf and gRPC take UTF-8 only
+        if isinstance(value, str) and not _is_utf8(value):
+            return _last_word(f"callmeter: error: argument {name}: {value!r} is not UTF-8 text")
+    return int(args.handler(args))
+
+
+def _is_utf8(text: str) -> bool:
+    """False for the bytes of an argument that are not UTF-8 (Python decodes them as surrogates)."""
     try:
-        return int(args.handler(args))
-    except BrokenPipeError:  # the reader went away (`… | head`)
-        # Python flushes stdout again at exit: point it at nothing so that this is the last word.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print("callmeter: error: the output was closed before everything was written", file=sys.stderr)
-        return ExitCode.ERROR
-    except KeyboardInterrupt:
-        print("\ncallmeter: interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _last_word(line: str, code: ExitCode = ExitCode.ERROR) -> int:
+    try:
+        print(line, file=sys.stderr)
+    except OSError:  # stderr went with stdout (`… 2>&1 | head`)
+        pass
+    return code
 
 
 if __name__ == "__main__":

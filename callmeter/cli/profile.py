@@ -44,13 +44,21 @@ def write_profile(profile: Profile) -> Path:
 
 
 def read_profile() -> Profile | None:
+    """The profile, None when there is none, or a ConfigError naming it (one line)."""
     path = profile_path()
-    if not path.exists():
-        return None
     try:
         data = json.loads(path.read_text())
-        return Profile(api=str(data["api"]), token=str(data["token"]), ca_file=data.get("ca_file"))
-    except (OSError, ValueError, TypeError, KeyError) as exc:  # unreadable, not JSON, not the profile's shape
+        profile = Profile(api=data["api"], token=data["token"], ca_file=data.get("ca_file"))
+        if not (isinstance(profile.api, str) and isinstance(profile.token, str)
+                and isinstance(profile.ca_file, (str, type(None)))):
+            raise TypeError("api and token must be strings, ca_file a string or null")
+        if "\0" in (profile.ca_file or ""):
+            raise ValueError("ca_file holds a NUL character")
+    except (FileNotFoundError, NotADirectoryError):  # none yet
+        return None
+    # unreadable, not UTF-8, not JSON, nested too deep, not the profile's shape
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
         problem = f"no {exc} in it" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
         raise ConfigError("CALLMETER_PROFILE", f"the CLI profile {path} cannot be read ({problem}); fix or delete "
                                                "it, or pass --api and set CALLMETER_TOKEN") from None
+    return profile

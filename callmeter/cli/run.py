@@ -43,14 +43,21 @@ def unwritable(path: Path) -> str | None:
     """Why a report could not be written at ``path`` (nothing is created to find out), or None."""
     import os
 
-    if path.is_dir():
-        return "is a directory"
-    if path.exists():
-        return None if os.access(path, os.W_OK) else "is not writable"
-    parent = path.parent
-    if not parent.is_dir():
-        return f"{parent} is not a directory" if parent.exists() else f"its directory {parent} does not exist"
+    try:
+        if path.is_dir():
+            return "is a directory"
+        if path.exists():
+            return None if os.access(path, os.W_OK) else "is not writable"
+        parent = path.parent
+        if not parent.is_dir():
+            return f"{parent} is not a directory" if parent.exists() else f"its directory {parent} does not exist"
+    except OSError as exc:  # e.g. a name too long
+        return exc.strerror or str(exc)
     return None if os.access(parent, os.W_OK | os.X_OK) else f"its directory {parent} is not writable"
+
+
+#: The longest --timeout: about 31 years.
+MAX_TIMEOUT_S = 1e9
 
 
 def positive_seconds(text: str) -> float:
@@ -62,6 +69,8 @@ def positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text})")
+    if value > MAX_TIMEOUT_S:  # gRPC turns a deadline beyond ~7.5e9 s into an immediate DEADLINE_EXCEEDED
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_TIMEOUT_S:g} seconds (got {text})")
     return value
 
 

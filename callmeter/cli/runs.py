@@ -6,6 +6,9 @@ import argparse
 
 from callmeter.common.exit_codes import ExitCode
 
+# The page size `runs list` asks for at most: a page_size is an int32, and the API caps pages lower.
+MAX_PAGE_SIZE = 1000
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = commands.add_parser("runs", help="list runs, show one, or cancel one")
@@ -37,12 +40,11 @@ def positive_count(text: str) -> int:
 
 
 def handle_list(args: argparse.Namespace) -> int:
-    import json
     from itertools import islice
 
     import grpc
-    from google.protobuf import json_format
 
+    from callmeter.cli.access import print_json
     from callmeter.cli.api_client import error, every_page, resolve_target, rpc_error_line
     from callmeter.common.enum_words import word
     from callmeter.common.errors import ConfigError
@@ -61,14 +63,14 @@ def handle_list(args: argparse.Namespace) -> int:
             if not wanted:
                 return error(f"no test named {args.test!r}")
             stub = runs_pb2_grpc.RunServiceStub(channel)
+            page = common_pb2.PageRequest(page_size=min(args.limit, MAX_PAGE_SIZE))
             found = [run for test_id in wanted for run in islice(every_page(stub.ListRuns, runs_pb2.ListRunsRequest(
-                project_id=args.project, test_id=test_id, page=common_pb2.PageRequest(page_size=args.limit)),
-                "runs", target), args.limit)]
+                project_id=args.project, test_id=test_id, page=page), "runs", target), args.limit)]
         except grpc.RpcError as exc:
             return error(rpc_error_line(exc))
     found = sorted(found, key=lambda run: run.created_at.ToNanoseconds(), reverse=True)[:args.limit]
     if args.json:
-        print(json.dumps([json_format.MessageToDict(run, preserving_proto_field_name=True) for run in found]))
+        print_json(found)
         return ExitCode.OK
     print(f"{'run':<34}{'test':<24}{'ver':>4}  {'state':<12}{'verdict':<9}created (UTC)")
     for run in found:

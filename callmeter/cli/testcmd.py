@@ -39,7 +39,7 @@ def handle_validate(args: argparse.Namespace) -> int:
     API's to say when a platform is configured, else callmeter's own SIP engine stands in."""
     import grpc
 
-    from callmeter.cli.api_client import error, resolve_target, rpc_error_line
+    from callmeter.cli.api_client import NoApiAddress, error, resolve_target, rpc_error_line
     from callmeter.common.errors import ConfigError
     from callmeter.common.spec_check import ENGINE, check_spec
     from callmeter.common.testspec import SpecError, load_spec_file
@@ -49,10 +49,10 @@ def handle_validate(args: argparse.Namespace) -> int:
         target = resolve_target(args.api)
     except SpecError as problems:
         return refused(args.file, problems.violations)
-    except ConfigError as config:
-        if config.setting != "CALLMETER_API":  # a platform is configured but cannot be used
-            return error(config.detail)
+    except NoApiAddress:
         target = None
+    except ConfigError as config:  # a platform is configured but cannot be used
+        return error(config.detail)
     if target is None:
         violations, against = check_spec(spec, ENGINE), "callmeter's own SIP engine; no platform configured"
     else:

@@ -11,6 +11,7 @@ makes sense (counts, references, durations, codecs) is callmeter/common/spec_che
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -44,22 +45,29 @@ def violation(field: str, description: str) -> common_pb2.FieldViolation:
     return common_pb2.FieldViolation(field=field, description=description)
 
 
+def display_name(path: Path) -> str:
+    """The file's name as text, whatever bytes it is made of (a name that is not UTF-8 is escaped)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def problem_lines(file: Path, violations: list[common_pb2.FieldViolation]) -> list[str]:
     """One line per problem of a test file: "FILE: FIELD: PROBLEM", or "FILE: PROBLEM" for the whole file."""
-    return [f"{file}: {v.description}" if v.field == str(file) else f"{file}: {v.field}: {v.description}"
+    name = display_name(file)
+    return [f"{name}: {v.description}" if v.field == name else f"{name}: {v.field}: {v.description}"
             for v in violations]
 
 
 def load_spec_file(path: Path) -> tests_pb2.TestSpec:
+    name = display_name(path)
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
-        raise SpecError([violation(str(path), f"cannot read: {exc.strerror}")]) from None
+        raise SpecError([violation(name, f"cannot read: {exc.strerror}")]) from None
     except UnicodeDecodeError as exc:  # a binary file, or text in another encoding
         line = exc.object[:exc.start].count(b"\n") + 1
-        raise SpecError([violation(str(path), f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at line {line} "
-                                              "(a test file is YAML in UTF-8)")]) from None
-    return parse_spec_yaml(text, source=str(path))
+        raise SpecError([violation(name, f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at line {line} "
+                                         "(a test file is YAML in UTF-8)")]) from None
+    return parse_spec_yaml(text, source=name)
 
 
 def parse_spec_yaml(text: str, source: str = "<spec>") -> tests_pb2.TestSpec:
