@@ -9,7 +9,9 @@ engine, metrics-ingest, the orchestrator and local mode:
   never reported at all, is an engine error: the platform, not the system under test, lost it;
 - a callee is NOT_CALLED when the calls it expected did not come; that is not a failure of its
   own when every caller that was to call it failed first (their failure is counted once, at the
-  callers), and a call failure otherwise (the calls were lost on the way: ``resolve_not_called``).
+  callers), and a call failure otherwise (the calls were lost on the way: ``resolve_not_called``);
+- the other way round, a caller whose call failed or timed out while the callee it calls had
+  failed to register, or was lost by its engine, is CALLEE_FAILED: that failure is the callee's.
 """
 
 from __future__ import annotations
@@ -31,9 +33,14 @@ TIMEOUT = common_pb2.ENDPOINT_OUTCOME_TIMEOUT
 TEARDOWN_ERROR = common_pb2.ENDPOINT_OUTCOME_TEARDOWN_ERROR
 NOT_CALLED = common_pb2.ENDPOINT_OUTCOME_NOT_CALLED
 ENGINE_ERROR = common_pb2.ENDPOINT_OUTCOME_ENGINE_ERROR
+CALLEE_FAILED = common_pb2.ENDPOINT_OUTCOME_CALLEE_FAILED
 
 #: Outcomes that count as a failed endpoint (the default gate, endpoints_failed).
 FAILED = frozenset({REGISTRATION_FAILED, CALL_FAILED, NEGOTIATION_FAILED, TIMEOUT, TEARDOWN_ERROR, ENGINE_ERROR})
+#: A callee's outcomes that no call to it can get past.
+UNREACHABLE = frozenset({REGISTRATION_FAILED, ENGINE_ERROR})
+#: A caller's outcomes a callee that failed first explains.
+CALL_FAILURES = frozenset({CALL_FAILED, TIMEOUT})
 #: Final codes of a call refused for its offer: no common codec, SRTP or media setting.
 NEGOTIATION_CODES = frozenset({488, 606})
 
@@ -47,6 +54,7 @@ _PHRASES = {
     TEARDOWN_ERROR: "teardown error",
     NOT_CALLED: "not called (its callers failed first)",
     ENGINE_ERROR: "worker/engine error",
+    CALLEE_FAILED: "its callee failed first",
 }
 
 
@@ -86,18 +94,25 @@ def resolve_not_called(outcomes: Mapping[Endpoint, Decided], planned: Mapping[st
                        calls: Iterable[results_pb2.GroupCalls]) -> dict[Endpoint, Decided]:
     """The outcomes with each NOT_CALLED callee kept as such when every caller that was to call it
     (caller i calls callee i mod the callee group's size, services/worker/engine/plan.py) failed,
-    and made a CALL_FAILED otherwise: its callers got through, its calls did not. A planned
-    endpoint missing from ``outcomes`` never reported: an engine error."""
+    and made a CALL_FAILED otherwise: its callers got through, its calls did not; and each caller
+    whose call failed to a callee that had failed first made CALLEE_FAILED. A planned endpoint
+    missing from ``outcomes`` never reported: an engine error."""
     resolved = dict(outcomes)
     callers_of: dict[Endpoint, list[Endpoint]] = {}
     for call in calls:
         callees = planned.get(call.callee, 0)
         for index in range(planned.get(call.caller, 0) if callees else 0):
             callers_of.setdefault((call.callee, index % callees), []).append((call.caller, index))
+    for key, callers in callers_of.items():
+        outcome = outcomes.get(key, (ENGINE_ERROR, 0))[0]
+        if outcome == NOT_CALLED and not all(outcomes.get(c, (ENGINE_ERROR, 0))[0] in FAILED for c in callers):
+            resolved[key] = (CALL_FAILED, 0)
+        elif outcome in UNREACHABLE:
+            for caller in callers:
+                if outcomes.get(caller, (RUNNING, 0))[0] in CALL_FAILURES:
+                    resolved[caller] = (CALLEE_FAILED, 0)
     for key, (outcome, _code) in outcomes.items():
-        callers = callers_of.get(key, [])
-        if outcome == NOT_CALLED and not (callers and all(
-                outcomes.get(caller, (ENGINE_ERROR, 0))[0] in FAILED for caller in callers)):
+        if outcome == NOT_CALLED and key not in callers_of:  # no caller of the run was to call it
             resolved[key] = (CALL_FAILED, 0)
     return resolved
 

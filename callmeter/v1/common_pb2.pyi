@@ -51,6 +51,7 @@ class EndpointOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENDPOINT_OUTCOME_TEARDOWN_ERROR: _ClassVar[EndpointOutcome]
     ENDPOINT_OUTCOME_NOT_CALLED: _ClassVar[EndpointOutcome]
     ENDPOINT_OUTCOME_ENGINE_ERROR: _ClassVar[EndpointOutcome]
+    ENDPOINT_OUTCOME_CALLEE_FAILED: _ClassVar[EndpointOutcome]
 TRANSPORT_UNSPECIFIED: Transport
 TRANSPORT_UDP: Transport
 TRANSPORT_TCP: Transport
@@ -79,6 +80,7 @@ ENDPOINT_OUTCOME_TIMEOUT: EndpointOutcome
 ENDPOINT_OUTCOME_TEARDOWN_ERROR: EndpointOutcome
 ENDPOINT_OUTCOME_NOT_CALLED: EndpointOutcome
 ENDPOINT_OUTCOME_ENGINE_ERROR: EndpointOutcome
+ENDPOINT_OUTCOME_CALLEE_FAILED: EndpointOutcome
 
 class Label(_message.Message):
     __slots__ = ("key", "value")

@@ -430,6 +430,10 @@ _URI = re.compile(r"\bsips?:[^\s;,>)]+")
 _ENDPOINT_ERROR = re.compile(r"\[(\d+)\](?: ([a-z_]+))?: (.*?)(?: \(SIP (\d+)\))?", re.S)
 
 
+# (outcome, code) after resolve_not_called → the words of the outcomes the engine gave them.
+_RESOLVED_FROM = {(outcomes.CALL_FAILED, 0): ("not_called",), (outcomes.CALLEE_FAILED, 0): ("call_failed", "timeout")}
+
+
 def error_text(error: workers_pb2.EndpointError) -> str:
     """An error as a placement keeps it: its endpoint, the outcome it gives, the reason and SIP code."""
     if not error.group:
@@ -463,10 +467,12 @@ def error_reasons(placements: list[RunPlacement], summary: results_pb2.RunSummar
         for count in group.outcomes:
             if count.outcome == outcomes.SUCCESS:
                 continue
-            key = (group.group, outcome_word(count.outcome), count.sip_code)
-            found = causes.pop(key, None)
-            if found is None and (count.outcome, count.sip_code) == (outcomes.CALL_FAILED, 0):
-                found = causes.pop((group.group, "not_called", 0), None)  # a callee whose calls were lost
+            found = causes.pop((group.group, outcome_word(count.outcome), count.sip_code), None)
+            if found is None:  # an outcome resolve_not_called changed: the errors of the one the engine gave
+                engine_gave = _RESOLVED_FROM.get((count.outcome, count.sip_code), ())
+                found = {}
+                for key in [key for key in causes if key[0] == group.group and key[1] in engine_gave]:
+                    found.update(causes.pop(key))
             line = f"group {group.group}: {_endpoints(count.endpoints)} {outcome_text(count.outcome, count.sip_code)}"
             if found:
                 cause, examples = max(found.items(), key=lambda item: len(set(item[1])))

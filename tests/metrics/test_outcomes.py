@@ -4,6 +4,7 @@ counted per outcome and SIP code, the callees of failed callers "not called" and
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,18 @@ def test_the_first_failure_decides_an_endpoints_outcome() -> None:
         (outcomes.WARNINGS, 0)
     assert outcomes.outcome_text(outcomes.REGISTRATION_FAILED, 401) == "registration failed (SIP 401)"
     assert outcomes.outcome_text(outcomes.TIMEOUT) == "timeout (no final response)"
+
+
+def test_a_caller_whose_callee_failed_to_register_is_no_second_failure() -> None:
+    """The reverse of the wrong passwords: callee 0 cannot register, so caller 0's call gets 404."""
+    reported = {("callees", 0): (outcomes.REGISTRATION_FAILED, 401), ("callees", 1): (outcomes.SUCCESS, 0),
+                ("callers", 0): (outcomes.CALL_FAILED, 404), ("callers", 1): (outcomes.SUCCESS, 0),
+                ("callers", 2): (outcomes.TIMEOUT, 0)}  # callee 2 never reported: lost by its engine
+    calls = [results_pb2.GroupCalls(caller="callers", callee="callees")]
+    tally = outcomes.tally(reported, {"callers": 3, "callees": 3}, calls)
+    assert tally["callers"] == {(outcomes.CALLEE_FAILED, 0): 2, (outcomes.SUCCESS, 0): 1}
+    assert tally["callees"] == {(outcomes.REGISTRATION_FAILED, 401): 1, (outcomes.SUCCESS, 0): 1,
+                                (outcomes.ENGINE_ERROR, 0): 1}
+    summary = results_pb2.GroupSummary()
+    outcomes.set_outcomes(summary, sum(tally.values(), Counter()))
+    assert summary.endpoints_failed == 2  # the two callees; their callers' failures are theirs
