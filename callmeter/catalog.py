@@ -327,13 +327,23 @@ METRICS: tuple[Metric, ...] = (
     # The endpoint's outcome so far (callmeter/common/outcomes.py): its newest sample holds how it ended.
     _m("outcome", "uint32", "state", "", "How the endpoint's scenario has gone so far: 0 running without a "
        "failure, 1 success, 2 warnings, 3 registration failed, 4 call failed, 5 negotiation failed, 6 timeout, "
-       "7 teardown error, 8 not called, 9 engine error (callmeter.v1.EndpointOutcome). The first failure decides it.",
+       "7 teardown error, 8 not called, 9 engine error, 10 callee failed (callmeter.v1.EndpointOutcome). The first "
+       "failure decides it.",
        "the scenario driver (scenario.py)"),
     _m("outcome_code", "uint32", "state", "", "The final SIP code received with the failure that decided the "
        "outcome; 0 when there was none (a timeout, a local error).", "the scenario driver (scenario.py)"),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+
+#: Metrics of which a low value is the bad one: quality scores, and what a working call should
+#: have (a registration, connected calls, media received). For every other metric a high value is
+#: worse (times, jitter, loss, failures, errors). The worst endpoints of a run are ordered by this.
+LOW_IS_WORSE: frozenset[str] = frozenset({
+    "mos", "mos_lq", "tx_mos", "tx_mos_lq", "r_factor", "r_factor_lq",
+    "registered", "calls_connected", "calls_answered", "call_active", "call_connected_s",
+    "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "audio_level_received_pct",
+})
 
 
 # When a metric's 0 is a measurement (a value other than 0 always is), for sample_values. Without
