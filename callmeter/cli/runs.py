@@ -1,10 +1,19 @@
-"""`callmeter runs list|show|cancel`: the runs you may see, one run with its results, stopping one."""
+"""`callmeter runs list|show|cancel`: the runs you may see, one run with its results (its test,
+workers and starter by name), stopping one."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from callmeter.common.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    import grpc
+
+    from callmeter.cli.api_client import ApiTarget
+    from callmeter.v1 import runs_pb2
 
 # The page size `runs list` asks for at most: a page_size is an int32, and the API caps pages lower.
 MAX_PAGE_SIZE = 1000
@@ -81,10 +90,12 @@ def handle_list(args: argparse.Namespace) -> int:
 
 
 def handle_show(args: argparse.Namespace) -> int:
+    import json
+
     import grpc
 
     from callmeter.cli.api_client import CALL_TIMEOUT_S, error, resolve_target, rpc_error_line
-    from callmeter.cli.run import format_json, format_result
+    from callmeter.cli.run import format_result, run_json
     from callmeter.common.errors import ConfigError
     from callmeter.v1 import results_pb2, runs_pb2, runs_pb2_grpc
 
@@ -102,16 +113,67 @@ def handle_show(args: argparse.Namespace) -> int:
                                   timeout=CALL_TIMEOUT_S)
             now = next(watch)
             watch.cancel()
+            names = run_names(channel, target, run)
         except grpc.RpcError as exc:
             return error(rpc_error_line(exc))
     summary = now.summary if now.HasField("summary") else results_pb2.RunSummary(run_id=run.id, groups=now.groups)
     if args.json:
-        print(format_json(run, summary))
+        print(json.dumps({**run_json(run, summary), "test": names.test, "test_id": run.test_id,
+                          "test_version": run.test_version, "started_by": names.user, "started_by_id": run.started_by,
+                          "placements": [{"group": p.group, "first_index": p.first_index, "count": p.count,
+                                          "worker": names.workers.get(p.worker_id, p.worker_id),
+                                          "worker_id": p.worker_id} for p in run.placements]}))
         return ExitCode.OK
-    print(f"test {run.test_id} version {run.test_version}, started by {run.started_by or '-'}, "
+    print(f"test {names.test} version {run.test_version}, started by {names.user or '-'}, "
           f"{now.elapsed_s:.0f} s of execution")
+    placed = placement_lines(run, names.workers)
+    if placed:
+        print(placed)
     print(format_result(run, summary))
     return ExitCode.OK
+
+
+@dataclass(frozen=True)
+class RunNames:
+    """What a run names by id, by name: its test (at the version run), its workers, who started it."""
+
+    test: str
+    workers: dict[str, str]
+    #: The user's name, or the id when the caller may not see the user (only themselves and the users
+    #: of what they administer); empty when no one is recorded.
+    user: str
+
+
+def run_names(channel: grpc.Channel, target: ApiTarget, run: runs_pb2.Run) -> RunNames:
+    from callmeter.cli.api_client import CALL_TIMEOUT_S, every_page
+    from callmeter.v1 import tenancy_pb2, tenancy_pb2_grpc, tests_pb2, tests_pb2_grpc, workers_pb2, workers_pb2_grpc
+
+    test = tests_pb2_grpc.TestServiceStub(channel).GetTest(
+        tests_pb2.GetTestRequest(test_id=run.test_id, version=run.test_version), metadata=target.metadata(),
+        timeout=CALL_TIMEOUT_S)
+    workers = {worker.id: worker.name for worker in every_page(
+        workers_pb2_grpc.WorkerServiceStub(channel).ListWorkers,
+        workers_pb2.ListWorkersRequest(project_id=run.project_id), "workers", target)} if run.placements else {}
+    user = run.started_by
+    if user:
+        tenancy = tenancy_pb2_grpc.TenancyServiceStub(channel)
+        me = tenancy.WhoAmI(tenancy_pb2.WhoAmIRequest(), metadata=target.metadata(), timeout=CALL_TIMEOUT_S).user
+        users = {me.id: me.name} if me.id == user else {
+            member.user.id: member.user.name
+            for member in every_page(tenancy.ListUsers, tenancy_pb2.ListUsersRequest(), "users", target)}
+        user = users.get(user, user)
+    return RunNames(test.spec.name, workers, user)
+
+
+def placement_lines(run: runs_pb2.Run, workers: dict[str, str]) -> str:
+    """"placed    callers: 0-7 on big, 8-9 on small", a line per group; "" before placement."""
+    groups: dict[str, list[str]] = {}
+    for p in sorted(run.placements, key=lambda p: (p.group, p.first_index)):
+        span = f"{p.first_index}" if p.count == 1 else f"{p.first_index}-{p.first_index + p.count - 1}"
+        groups.setdefault(p.group, []).append(f"{span} on {workers.get(p.worker_id, p.worker_id)}")
+    width = max((len(group) for group in groups), default=0)
+    return "\n".join(f"{'placed' if i == 0 else '':<10}{group + ':':<{width + 1}} {', '.join(spans)}"
+                     for i, (group, spans) in enumerate(groups.items()))
 
 
 def handle_cancel(args: argparse.Namespace) -> int:
@@ -121,6 +183,7 @@ def handle_cancel(args: argparse.Namespace) -> int:
     from callmeter.cli.run import format_json
     from callmeter.common.enum_words import word
     from callmeter.common.errors import ConfigError
+    from callmeter.common.run_states import RUN_ENDED
     from callmeter.v1 import runs_pb2, runs_pb2_grpc
 
     try:
@@ -128,14 +191,19 @@ def handle_cancel(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return error(exc.detail)
     with target.channel() as channel:
+        stub = runs_pb2_grpc.RunServiceStub(channel)
         try:
-            run = runs_pb2_grpc.RunServiceStub(channel).CancelRun(
-                runs_pb2.CancelRunRequest(run_id=args.run_id), metadata=target.metadata(), timeout=CALL_TIMEOUT_S)
+            run = stub.GetRun(runs_pb2.GetRunRequest(run_id=args.run_id), metadata=target.metadata(),
+                              timeout=CALL_TIMEOUT_S)
+            ended = run.state in RUN_ENDED  # cancelled before, too: not by this command
+            if not ended:
+                run = stub.CancelRun(runs_pb2.CancelRunRequest(run_id=run.id), metadata=target.metadata(),
+                                     timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as exc:
             return error(rpc_error_line(exc))
     if args.json:
         print(format_json(run, None))
-    elif run.state == runs_pb2.RUN_STATE_CANCELLED:
+    elif run.state == runs_pb2.RUN_STATE_CANCELLED and not ended:
         print(f"run {run.id} cancelled")
     else:
         print(f"run {run.id} had already ended: {word(runs_pb2.RunState, run.state)}, "

@@ -1,10 +1,11 @@
-"""`callmeter test validate|apply FILE.yaml`: check a test file, or store it through the API."""
+"""`callmeter tests validate|apply FILE.yaml`: check a test file, or store it through the API;
+`callmeter tests list|show|delete`: the stored tests. `test` is the same command (an alias)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,11 +15,14 @@ if TYPE_CHECKING:
     import grpc
 
     from callmeter.cli.api_client import ApiTarget
-    from callmeter.v1 import common_pb2, tests_pb2
+    from callmeter.v1 import common_pb2, runs_pb2, tests_pb2, tests_pb2_grpc
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = commands.add_parser("test", help="validate or store test files")
+    from callmeter.cli.runs import positive_count
+
+    parser = commands.add_parser("tests", aliases=["test"], help="validate or store test files; list, show or "
+                                                                 "delete stored tests")
     sub = parser.add_subparsers(dest="test_command", metavar="ACTION", required=True)
     validate = sub.add_parser("validate", help="check a test file, storing nothing: by the API against its "
                                                "workers when a platform is configured, else here against "
@@ -32,6 +36,25 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     apply.add_argument("--api", help="API address host:port (default: CALLMETER_API or the profile)")
     apply.add_argument("--project", default="", help="project id (default: the token's only project)")
     apply.set_defaults(handler=handle_apply)
+    listing = sub.add_parser("list", help="list the tests you may see: version, size, last run, last update")
+    listing.add_argument("--archived", action="store_true", help="list archived tests too")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    showing = sub.add_parser("show", help="show a test and its spec; --yaml prints a file to edit and apply again")
+    showing.add_argument("test", help="the test's name or id")
+    showing.add_argument("--version", type=positive_count, default=0, help="this version (default: the newest)")
+    output = showing.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the test as one JSON object")
+    output.add_argument("--yaml", action="store_true", help="print only the spec, as a test file")
+    deleting = sub.add_parser("delete", help="destroy a test that has no runs, or archive one that has (its runs "
+                                             "are kept; `apply` brings it back)")
+    deleting.add_argument("test", help="the test's name or id")
+    deleting.add_argument("--yes", action="store_true", help="do not ask first")
+    for command, handler, project in ((listing, handle_list, "only the tests of this project"),
+                                      (showing, handle_show, "the test's project, to find TEST by name"),
+                                      (deleting, handle_delete, "the test's project, to find TEST by name")):
+        command.add_argument("--project", default="", help=project)
+        command.add_argument("--api", help="API address host:port (default: CALLMETER_API or the profile)")
+        command.set_defaults(handler=handler)
 
 
 def handle_validate(args: argparse.Namespace) -> int:
@@ -115,23 +138,162 @@ def apply_test(channel: grpc.Channel, target: ApiTarget, project_id: str,
                spec: tests_pb2.TestSpec) -> tuple[tests_pb2.Test, str]:
     """Creates the test, or stores the spec as its new version when a test of that name exists (and
     differs). Returns the test and what happened: "created", "updated" or "unchanged"."""
-    from callmeter.cli.api_client import CALL_TIMEOUT_S, every_page
-    from callmeter.common.errors import CallmeterError, ErrorCode
+    from callmeter.cli.api_client import CALL_TIMEOUT_S
     from callmeter.v1 import tests_pb2, tests_pb2_grpc
 
     stub = tests_pb2_grpc.TestServiceStub(channel)
-    named = [test for test in every_page(stub.ListTests, tests_pb2.ListTestsRequest(
-        project_id=project_id, include_archived=True), "tests", target) if test.spec.name == spec.name]
-    if len(named) > 1:
-        raise CallmeterError(ErrorCode.INVALID_ARGUMENT, f"tests named {spec.name!r} exist in several projects "
-                             f"({', '.join(t.project_id for t in named)}); pass --project")
-    if not named:
+    existing = _only([test for test in _every_test(stub, target, project_id, archived=True)
+                      if test.spec.name == spec.name], spec.name)
+    if existing is None:
         return stub.CreateTest(tests_pb2.CreateTestRequest(project_id=project_id, spec=spec),
                                metadata=target.metadata(), timeout=CALL_TIMEOUT_S), "created"
-    if named[0].spec == spec and not named[0].archived:
-        return named[0], "unchanged"
-    return stub.UpdateTest(tests_pb2.UpdateTestRequest(test_id=named[0].id, spec=spec),
+    if existing.spec == spec and not existing.archived:
+        return existing, "unchanged"
+    return stub.UpdateTest(tests_pb2.UpdateTestRequest(test_id=existing.id, spec=spec),
                            metadata=target.metadata(), timeout=CALL_TIMEOUT_S), "updated"
+
+
+def _every_test(stub: tests_pb2_grpc.TestServiceStub, target: ApiTarget, project_id: str,
+                archived: bool) -> list[tests_pb2.Test]:
+    from callmeter.cli.api_client import every_page
+    from callmeter.v1 import tests_pb2
+
+    return list(every_page(stub.ListTests, tests_pb2.ListTestsRequest(project_id=project_id, include_archived=archived),
+                           "tests", target))
+
+
+def _only(tests: list[tests_pb2.Test], name: str) -> tests_pb2.Test | None:
+    """The one test of the list, None for none; several (of one name in several projects) are an error."""
+    from callmeter.common.errors import CallmeterError, ErrorCode
+
+    if len(tests) > 1:
+        raise CallmeterError(ErrorCode.INVALID_ARGUMENT, f"tests named {name!r} exist in several projects "
+                             f"({', '.join(test.project_id for test in tests)}); pass --project")
+    return tests[0] if tests else None
+
+
+def find_test(stub: tests_pb2_grpc.TestServiceStub, target: ApiTarget, name_or_id: str,
+              project_id: str) -> tests_pb2.Test:
+    """The newest version of the test of this id, else of this name, among those the caller may see
+    (archived too); a CallmeterError if there is none, or several of that name."""
+    from callmeter.common.errors import CallmeterError, ErrorCode
+
+    tests = _every_test(stub, target, project_id, archived=True)
+    found = _only([test for test in tests if test.id == name_or_id]
+                  or [test for test in tests if test.spec.name == name_or_id], name_or_id)
+    if found is None:
+        raise CallmeterError(ErrorCode.NOT_FOUND, f"no test {name_or_id!r} (by name or id)"
+                             + (f" in project {project_id}" if project_id else ""))
+    return found
+
+
+def _with_api(api: str | None, action: Callable[[grpc.Channel, ApiTarget], int]) -> int:
+    """``action`` on a channel to the API; an RPC that fails, or a test not found, is one error line and exit 2."""
+    from callmeter.cli.access import with_api
+    from callmeter.cli.api_client import error
+    from callmeter.common.errors import CallmeterError
+
+    def guarded(channel: grpc.Channel, target: ApiTarget) -> int:
+        try:
+            return action(channel, target)
+        except CallmeterError as exc:
+            return error(exc.detail)
+
+    return with_api(api, guarded)
+
+
+def handle_list(args: argparse.Namespace) -> int:
+    """A row per test with its newest run's verdict (or state, while it has none): a ListRuns of one
+    run per test."""
+    import json
+
+    from callmeter.cli.access import print_table, when
+    from callmeter.cli.api_client import CALL_TIMEOUT_S
+    from callmeter.cli.json_words import message_json
+    from callmeter.v1 import common_pb2, runs_pb2, runs_pb2_grpc, tests_pb2_grpc
+
+    def action(channel: grpc.Channel, target: ApiTarget) -> int:
+        runs = runs_pb2_grpc.RunServiceStub(channel)
+        listed = []
+        for test in _every_test(tests_pb2_grpc.TestServiceStub(channel), target, args.project, archived=args.archived):
+            newest = runs.ListRuns(runs_pb2.ListRunsRequest(test_id=test.id, page=common_pb2.PageRequest(page_size=1)),
+                                   metadata=target.metadata(), timeout=CALL_TIMEOUT_S).runs
+            listed.append((test, newest[0] if newest else None))
+        if args.json:
+            print(json.dumps([{**message_json(test), "last_run": message_json(run) if run else None}
+                              for test, run in listed]))
+            return ExitCode.OK
+        print_table(["name", "version", "groups", "endpoints", "last run", "updated (UTC)", "id"], [
+            [test.spec.name + (" (archived)" if test.archived else ""), str(test.version), str(len(test.spec.groups)),
+             str(sum(group.count for group in test.spec.groups)), _last_run_text(run), when(test.updated_at), test.id]
+            for test, run in listed])
+        return ExitCode.OK
+
+    return _with_api(args.api, action)
+
+
+def _last_run_text(run: runs_pb2.Run | None) -> str:
+    """"pass", "fail", "error" once judged; the state ("running") before; "-" for no run."""
+    from callmeter.common.enum_words import word
+    from callmeter.v1 import runs_pb2
+
+    if run is None:
+        return "-"
+    return word(runs_pb2.Verdict, run.verdict) if run.verdict else word(runs_pb2.RunState, run.state)
+
+
+def handle_show(args: argparse.Namespace) -> int:
+    from callmeter.cli.access import print_json, when
+    from callmeter.cli.api_client import CALL_TIMEOUT_S
+    from callmeter.common.testspec import spec_to_yaml
+    from callmeter.v1 import tests_pb2, tests_pb2_grpc
+
+    def action(channel: grpc.Channel, target: ApiTarget) -> int:
+        stub = tests_pb2_grpc.TestServiceStub(channel)
+        newest = find_test(stub, target, args.test, args.project)
+        test = newest if args.version in (0, newest.version) else stub.GetTest(
+            tests_pb2.GetTestRequest(test_id=newest.id, version=args.version), metadata=target.metadata(),
+            timeout=CALL_TIMEOUT_S)
+        if args.json:
+            print_json(test)
+        elif args.yaml:
+            print(spec_to_yaml(test.spec), end="")
+        else:
+            endpoints = sum(group.count for group in test.spec.groups)
+            print(f"test {test.spec.name!r}: id {test.id}, project {test.project_id}")
+            print(f"version {test.version} of {newest.version}; created {when(test.created_at)}, "
+                  f"updated {when(test.updated_at)} (UTC){'; archived' if test.archived else ''}")
+            print(f"{len(test.spec.groups)} groups, {endpoints} endpoints\n")
+            print(spec_to_yaml(test.spec), end="")
+        return ExitCode.OK
+
+    return _with_api(args.api, action)
+
+
+def handle_delete(args: argparse.Namespace) -> int:
+    """Asks first on a terminal, unless --yes; without a terminal, --yes is needed."""
+    from callmeter.cli.api_client import CALL_TIMEOUT_S, error
+    from callmeter.v1 import tests_pb2, tests_pb2_grpc
+
+    def action(channel: grpc.Channel, target: ApiTarget) -> int:
+        stub = tests_pb2_grpc.TestServiceStub(channel)
+        test = find_test(stub, target, args.test, args.project)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                return error(f"deleting test {test.spec.name!r} needs --yes (there is no terminal to ask)")
+            print(f"delete test {test.spec.name!r} ({test.id})? [y/N] ", end="", file=sys.stderr, flush=True)
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                return error(f"test {test.spec.name!r} not deleted")
+        reply = stub.DeleteTest(tests_pb2.DeleteTestRequest(test_id=test.id), metadata=target.metadata(),
+                                timeout=CALL_TIMEOUT_S)
+        if reply.archived:
+            print(f"test {test.spec.name!r} archived: it has runs, which are kept; `callmeter tests apply` "
+                  "brings it back")
+        else:
+            print(f"test {test.spec.name!r} deleted: {test.id}")
+        return ExitCode.OK
+
+    return _with_api(args.api, action)
 
 
 def handle_apply(args: argparse.Namespace) -> int:

@@ -102,11 +102,26 @@ def check_spec(spec: tests_pb2.TestSpec, caps: Capabilities) -> list[common_pb2.
         _group(v, f"groups[{i}]", group, groups, caps)
     for i, gate in enumerate(spec.gates):
         _gate(v, f"gates[{i}]", gate, groups)
-    for i, label in enumerate(spec.worker_selector):
-        if not label.key:
-            v.add(f"worker_selector[{i}].key", "required")
+    _selector(v, "worker_selector", spec.worker_selector)
+    for i, group in enumerate(spec.groups):
+        _selector(v, f"groups[{i}].worker_selector", group.worker_selector, spec.worker_selector)
     v.duration("timeout", spec.timeout, MAX_TIMEOUT_S)
     return v.found
+
+
+def _selector(v: _Violations, path: str, labels: Sequence[common_pb2.Label],
+              test_labels: Sequence[common_pb2.Label] = ()) -> None:
+    """Each label needs a key; a key asked with two values (here, or here and in the test's
+    selector) is a selector no worker matches."""
+    wanted: dict[str, str] = {}
+    for label in test_labels:
+        wanted.setdefault(label.key, label.value)
+    for i, label in enumerate(labels):
+        if not label.key:
+            v.add(f"{path}[{i}].key", "required")
+        elif wanted.setdefault(label.key, label.value) != label.value:
+            v.add(f"{path}[{i}].value", f"{_q(label.value)} conflicts with {label.key}={_q(wanted[label.key])} "
+                                        "asked before: no worker has both")
 
 
 def _name(v: _Violations, path: str, name: str) -> None:

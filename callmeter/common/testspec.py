@@ -3,6 +3,8 @@
 * enums may be written short and in any case: ``transport: tls`` for ``TRANSPORT_TLS``;
 * durations are protobuf JSON strings (``20s``, ``1.5s``) or plain numbers of seconds.
 
+``spec_to_yaml`` is the inverse: a stored spec as a file to edit and apply again.
+
 A file that does not parse raises ``SpecError`` with one FieldViolation per problem found: an
 unknown field or enum word, a value of the wrong kind, two fields of a oneof. Whether the spec
 makes sense (counts, references, durations, codecs) is callmeter/common/spec_check.py's to say.
@@ -19,6 +21,8 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.message import Message
 
 from callmeter.common import enum_words
 from callmeter.common.errors import CallmeterError, ErrorCode
@@ -207,5 +211,37 @@ def _is_map(field: FieldDescriptor) -> bool:
 
 
 def spec_to_yaml(spec: tests_pb2.TestSpec) -> str:
-    data = json_format.MessageToDict(spec, preserving_proto_field_name=True)
-    return yaml.safe_dump(data, sort_keys=False)
+    """The spec as a test file that parse_spec_yaml reads back to the same spec: the fields that are
+    set, in the proto's order, enums as their words (``tls``), durations as ``20s``."""
+    return yaml.dump(_plain(spec), Dumper=_SpecDumper, sort_keys=False, allow_unicode=True)
+
+
+class _SpecDumper(yaml.SafeDumper):
+    """Block style, but a list of plain values on one line: ``codecs: [PCMU, PCMA]``."""
+
+
+_SpecDumper.add_representer(list, lambda dumper, items: dumper.represent_sequence(
+    "tag:yaml.org,2002:seq", items, flow_style=not any(isinstance(item, dict) for item in items)))
+
+
+def _plain(message: Message) -> dict[str, Any]:
+    """The set fields of the message (ListFields: a message or oneof member that is set, though
+    empty, stays; a scalar at its zero value goes) as YAML values."""
+    out: dict[str, Any] = {}
+    for field, value in message.ListFields():
+        if field.is_repeated:
+            out[field.name] = [_plain_value(field, item) for item in value]
+        else:
+            out[field.name] = _plain_value(field, value)
+    return out
+
+
+def _plain_value(field: FieldDescriptor, value: Any) -> Any:
+    if field.cpp_type == FieldDescriptor.CPPTYPE_ENUM:
+        return enum_words.word(EnumTypeWrapper(field.enum_type), value)
+    if field.cpp_type != FieldDescriptor.CPPTYPE_MESSAGE:
+        return value
+    if field.message_type.full_name == "google.protobuf.Duration":
+        text = value.ToJsonString()  # "20s", "1.500s"
+        return text[:-1].rstrip("0") + "s" if "." in text else text
+    return _plain(value)

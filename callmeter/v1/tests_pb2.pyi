@@ -45,7 +45,7 @@ class TestSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[EndpointGroup, _Mapping]]] = ..., gates: _Optional[_Iterable[_Union[QualityGate, _Mapping]]] = ..., worker_selector: _Optional[_Iterable[_Union[_common_pb2.Label, _Mapping]]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class EndpointGroup(_message.Message):
-    __slots__ = ("name", "count", "role", "target", "transport", "credential_ref", "codecs", "media", "srtp", "srtp_keying", "scenario")
+    __slots__ = ("name", "count", "role", "target", "transport", "credential_ref", "codecs", "media", "srtp", "srtp_keying", "scenario", "worker_selector")
     NAME_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class EndpointGroup(_message.Message):
     SRTP_FIELD_NUMBER: _ClassVar[int]
     SRTP_KEYING_FIELD_NUMBER: _ClassVar[int]
     SCENARIO_FIELD_NUMBER: _ClassVar[int]
+    WORKER_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     count: int
     role: _common_pb2.EndpointRole
@@ -68,7 +69,8 @@ class EndpointGroup(_message.Message):
     srtp: _common_pb2.SrtpMode
     srtp_keying: _common_pb2.SrtpKeying
     scenario: Scenario
-    def __init__(self, name: _Optional[str] = ..., count: _Optional[int] = ..., role: _Optional[_Union[_common_pb2.EndpointRole, str]] = ..., target: _Optional[_Union[SipTarget, _Mapping]] = ..., transport: _Optional[_Union[_common_pb2.Transport, str]] = ..., credential_ref: _Optional[str] = ..., codecs: _Optional[_Iterable[str]] = ..., media: _Optional[_Union[MediaSource, _Mapping]] = ..., srtp: _Optional[_Union[_common_pb2.SrtpMode, str]] = ..., srtp_keying: _Optional[_Union[_common_pb2.SrtpKeying, str]] = ..., scenario: _Optional[_Union[Scenario, _Mapping]] = ...) -> None: ...
+    worker_selector: _containers.RepeatedCompositeFieldContainer[_common_pb2.Label]
+    def __init__(self, name: _Optional[str] = ..., count: _Optional[int] = ..., role: _Optional[_Union[_common_pb2.EndpointRole, str]] = ..., target: _Optional[_Union[SipTarget, _Mapping]] = ..., transport: _Optional[_Union[_common_pb2.Transport, str]] = ..., credential_ref: _Optional[str] = ..., codecs: _Optional[_Iterable[str]] = ..., media: _Optional[_Union[MediaSource, _Mapping]] = ..., srtp: _Optional[_Union[_common_pb2.SrtpMode, str]] = ..., srtp_keying: _Optional[_Union[_common_pb2.SrtpKeying, str]] = ..., scenario: _Optional[_Union[Scenario, _Mapping]] = ..., worker_selector: _Optional[_Iterable[_Union[_common_pb2.Label, _Mapping]]] = ...) -> None: ...
 
 class SipTarget(_message.Message):
     __slots__ = ("registrar", "proxy", "aor", "call_uri", "number_start", "auth_user")

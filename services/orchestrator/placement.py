@@ -1,5 +1,7 @@
 """Placement: a test's endpoints split across workers that match its labels, codecs and
-transports and have free capacity. Pure: workers and spec in, slices or the shortfall out."""
+transports and have free capacity. A group's endpoints go only to workers that carry the labels of
+the test's worker_selector and of the group's own. Pure: workers and spec in, slices or the
+shortfall out."""
 
 from __future__ import annotations
 
@@ -52,8 +54,9 @@ def place(spec: tests_pb2.TestSpec, candidates: list[Candidate]) -> list[Slice]:
     for group in spec.groups:
         remaining, index = group.count, 0
         refusals: list[str] = []
+        selector = [*spec.worker_selector, *group.worker_selector]
         for candidate in sorted(candidates, key=lambda c: -c.free):
-            why = _fits(candidate, group, list(spec.worker_selector))
+            why = _fits(candidate, group, selector)
             if why is not None:
                 refusals.append(f"{candidate.name} {why}")
                 continue
@@ -67,9 +70,10 @@ def place(spec: tests_pb2.TestSpec, candidates: list[Candidate]) -> list[Slice]:
             if remaining == 0:
                 break
         if remaining:
+            labels = f" and labels {', '.join(f'{l.key}={l.value}' for l in selector)}" if selector else ""
             detail = f"; {', '.join(refusals)}" if refusals else ""
             shortfalls.append(f"group {group.name!r}: {remaining} of {group.count} endpoints found no worker "
-                              f"with free capacity ({len(candidates)} online{detail})")
+                              f"with free capacity{labels} ({len(candidates)} online{detail})")
     if shortfalls:
         raise CallmeterError(ErrorCode.RESOURCE_EXHAUSTED, "not enough capacity: " + "; ".join(shortfalls))
     return slices

@@ -43,3 +43,28 @@ def test_shortfall_is_stated_per_group_with_reasons() -> None:
     assert "group 'b': 6 of 6 endpoints" in error.value.detail
     assert "w lacks codec opus" in error.value.detail
     assert "group 'a'" not in error.value.detail
+
+
+def sites(callees: str = "b") -> tests_pb2.TestSpec:
+    """Callers on site=a, callees on site=callees, under the test's selector tier=lab."""
+    placed = spec(("callers", 3, ("PCMU",), UDP), ("callees", 3, ("PCMU",), UDP), selector={"tier": "lab"})
+    placed.groups[0].worker_selector.add(key="site", value="a")
+    placed.groups[1].worker_selector.add(key="site", value=callees)
+    return placed
+
+
+def test_each_group_goes_to_the_workers_of_its_own_selector() -> None:
+    """The roomiest worker would take both groups, and one of the right site but not of the test's tier
+    the callers."""
+    workers = [worker("site-a", 10, site="a", tier="lab"), worker("site-b", 20, site="b", tier="lab"),
+               worker("site-a-prod", 50, site="a", tier="prod")]
+    assert place(sites(), workers) == [Slice("site-a", "callers", 0, 3), Slice("site-b", "callees", 0, 3)]
+
+
+def test_a_group_whose_selector_no_worker_matches_is_the_shortfall_naming_it_and_its_labels() -> None:
+    with pytest.raises(CallmeterError) as error:
+        place(sites(callees="c"), [worker("site-a", 10, site="a", tier="lab"), worker("site-b", 10, site="b", tier="lab")])
+    assert error.value.code == ErrorCode.RESOURCE_EXHAUSTED
+    assert error.value.detail == (
+        "not enough capacity: group 'callees': 3 of 3 endpoints found no worker with free capacity and labels "
+        "tier=lab, site=c (2 online; site-b lacks label site=c, site-a lacks label site=c)")

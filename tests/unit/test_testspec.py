@@ -10,6 +10,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+
 from callmeter.cli.main import main
 from callmeter.common.testspec import SpecError, load_spec_file, parse_spec_yaml, spec_to_yaml
 from callmeter.v1 import common_pb2, tests_pb2
@@ -55,8 +59,80 @@ def test_malformed_files_are_refused(text: str) -> None:
         parse_spec_yaml(text)
 
 
-def test_round_trip_through_yaml() -> None:
-    spec = tests_pb2.TestSpec(name="t", groups=[tests_pb2.EndpointGroup(name="a", count=3, codecs=["PCMA", "PCMU"])])
+DURATION = "google.protobuf.Duration"
+# Every field of a test file set (both members of MediaSource's oneof, in two groups), some to
+# what a writer may get wrong: a word YAML reads as false (srtp off), a fraction of a second, an
+# int64 (which protobuf JSON writes as text), a message set but empty, text YAML would read as a
+# number or a boolean.
+FULL = tests_pb2.TestSpec(
+    name="full", description="two lines:\nyes, really", timeout=Duration(seconds=90),
+    worker_selector=[common_pb2.Label(key="region", value="eu")],
+    gates=[tests_pb2.QualityGate(metric="mos_avg", comparison=tests_pb2.COMPARISON_GE, threshold=4.2, group="a"),
+           tests_pb2.QualityGate(metric="calls_failed_pct", comparison=tests_pb2.COMPARISON_EQ)],
+    groups=[
+        tests_pb2.EndpointGroup(
+            name="a", count=3, role=common_pb2.ENDPOINT_ROLE_CALLER, transport=common_pb2.TRANSPORT_TLS,
+            credential_ref="pbx", codecs=["PCMA", "PCMU"], srtp=common_pb2.SRTP_MODE_OFF,
+            srtp_keying=common_pb2.SRTP_KEYING_SDES, media=tests_pb2.MediaSource(tone=tests_pb2.Tone(frequency_hz=440)),
+            worker_selector=[common_pb2.Label(key="site", value="1")],
+            target=tests_pb2.SipTarget(registrar="pbx.example.com:5061", proxy="sbc.example.com", aor="sip:{n}@pbx",
+                                       call_uri="group:b", number_start=2**40, auth_user="u{n}"),
+            scenario=tests_pb2.Scenario(
+                register_expiry=Duration(seconds=120), reregister_interval=Duration(seconds=60), unregister_at_end=True,
+                answer_delay=Duration(nanos=500_000_000), reject_code=486, call_duration=Duration(seconds=20),
+                ring_timeout=Duration(seconds=1, nanos=250_000_000), repetitions=2,
+                pause_between_calls=Duration(nanos=1000), ramp_rate_cps=0.5,
+                hold=tests_pb2.HoldStep(after=Duration(seconds=2), duration=Duration(seconds=3)),
+                dtmf=tests_pb2.DtmfStep(after=Duration(seconds=1), digits="12#", method=common_pb2.DTMF_METHOD_SIP_INFO))),
+        tests_pb2.EndpointGroup(name="b", count=1, role=common_pb2.ENDPOINT_ROLE_CALLEE, scenario=tests_pb2.Scenario(),
+                                media=tests_pb2.MediaSource(wav_path="/media/tone.wav"),
+                                target=tests_pb2.SipTarget(aor="sip:b@127.0.0.1:5070")),
+    ])
+
+
+def fields_set(message: Message) -> set[str]:
+    """The full names of the fields set in the message and in the messages in it."""
+    found = set()
+    for field, value in message.ListFields():
+        found.add(field.full_name)
+        if field.message_type is not None and field.message_type.full_name != DURATION:
+            for item in value if field.is_repeated else [value]:
+                found |= fields_set(item)
+    return found
+
+
+def every_field(descriptor: Descriptor) -> set[str]:
+    """The full names of the fields of the message and of the messages it holds (Duration's aside)."""
+    found = set()
+    for field in descriptor.fields:
+        found.add(field.full_name)
+        if field.message_type is not None and field.message_type.full_name != DURATION:
+            found |= every_field(field.message_type)
+    return found
+
+
+def test_the_full_spec_sets_every_field() -> None:
+    """So that the round trip below covers a field added to the contract."""
+    assert every_field(tests_pb2.TestSpec.DESCRIPTOR) - fields_set(FULL) == set()
+
+
+def test_a_spec_written_as_yaml_reads_back_the_same() -> None:
+    text = spec_to_yaml(FULL)
+    assert parse_spec_yaml(text) == FULL
+    data = yaml.safe_load(text)
+    caller = data["groups"][0]
+    assert (caller["role"], caller["transport"], caller["srtp"]) == ("caller", "tls", "off"), "enum words"
+    assert caller["scenario"]["ring_timeout"] == "1.25s" and caller["scenario"]["answer_delay"] == "0.5s"
+    assert caller["scenario"]["pause_between_calls"] == "0.000001s" and data["timeout"] == "90s"
+    assert caller["target"]["number_start"] == 2**40, "an integer, not text"
+    assert data["groups"][1]["scenario"] == {}, "set though empty"
+    assert list(data) == ["name", "description", "groups", "gates", "worker_selector", "timeout"], "the proto's order"
+    assert "codecs: [PCMA, PCMU]" in text
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_each_example_round_trips(example: Path) -> None:
+    spec = load_spec_file(example)
     assert parse_spec_yaml(spec_to_yaml(spec)) == spec
 
 
@@ -94,6 +170,27 @@ def test_validate_refuses_each_bad_file_on_one_line_naming_its_field(
     assert out == ""
     assert problem_lines(err, file) == err.splitlines(), "nothing but the problem lines"
     assert_one_line(bad, file, problem_lines(err, file))
+
+
+SITE_A, SITE_B = {"key": "site", "value": "a"}, {"key": "site", "value": "b"}
+
+
+@pytest.mark.parametrize("test_labels, group_labels, problem", [
+    ([], [{"value": "a"}], "groups[1].worker_selector[0].key: required"),
+    ([], [SITE_A, SITE_B], 'groups[1].worker_selector[1].value: "b" conflicts with site="a" asked before: '
+                           "no worker has both"),
+    ([SITE_B], [SITE_A], 'groups[1].worker_selector[0].value: "a" conflicts with site="b" asked before: '
+                         "no worker has both"),
+], ids=["without-key", "two-values", "against-the-test-s"])
+def test_a_group_s_selector_is_checked_as_the_test_s(test_labels: list[dict[str, str]], group_labels: list[dict[str, str]],
+                                                      problem: str, tmp_path: Path, no_platform: None,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    data = {**BASE, "worker_selector": test_labels}
+    data["groups"] = [BASE["groups"][0], {**BASE["groups"][1], "worker_selector": group_labels}]
+    file = tmp_path / "sites.yaml"
+    file.write_text(yaml.safe_dump(data))
+    assert main(["tests", "validate", str(file)]) == 2
+    assert capsys.readouterr().err == f"{file}: {problem}\n"
 
 
 def test_validate_without_a_platform_says_what_it_checked_against(
