@@ -109,6 +109,8 @@ REFUSED = [
     BadFile("number-start-negative", "groups[0].target.number_start", -1, "groups[0].target.number_start",
             ("negative",)),
     BadFile("selector-without-key", "worker_selector", [{"value": "x"}], "worker_selector[0].key", ("required",)),
+    BadFile("group-selector-without-key", "groups[1].worker_selector", [{"value": "a"}], "groups[1].worker_selector[0].key",
+            ("required",)),
     BadFile("description-too-long", "description", "d" * (64 * 1024 + 1), "description", ("at most 65536",)),
 ]
 

@@ -143,20 +143,24 @@ def proto_comments() -> dict[str, str]:
 
 
 def reachable() -> list[tuple[Descriptor, str]]:
-    """Each message a test file can hold, with the YAML path where it appears, depth first from TestSpec."""
-    found: dict[str, tuple[Descriptor, str]] = {}
+    """Each message a test file can hold, with the YAML paths where it appears ("`a`, `b`"), depth
+    first from TestSpec."""
+    found: dict[str, tuple[Descriptor, list[str]]] = {}
 
     def visit(message: Descriptor, where: str) -> None:
-        if message.full_name in found or message.full_name == DURATION:
+        if message.full_name == DURATION:
             return
-        found[message.full_name] = (message, where)
+        if message.full_name in found:
+            found[message.full_name][1].append(where)
+            return
+        found[message.full_name] = (message, [where] if where else [])
         for field in message.fields:
             if field.message_type is not None:
                 key = f"{where}.{field.name}" if where else field.name
                 visit(field.message_type, key + ("[]" if field.is_repeated else ""))
 
     visit(tests_pb2.TestSpec.DESCRIPTOR, "")
-    return list(found.values())
+    return [(message, ", ".join(f"`{path}`" for path in paths)) for message, paths in found.values()]
 
 
 def enums_used(messages: list[Descriptor]) -> list[EnumDescriptor]:
@@ -250,7 +254,7 @@ def _cell(text: str) -> str:
 
 def message_section(message: Descriptor, where: str, comments: dict[str, str], defaults: dict[str, str]) -> list[str]:
     lines = [f"## {message.name}", "", comments[message.full_name], ""]
-    lines += [f"At `{where}`.", ""] if where else []
+    lines += [f"At {where}.", ""] if where else []
     lines += ["| key | type | default | allowed | description |", "|---|---|---|---|---|"]
     for field in message.fields:
         lines.append(f"| `{field.name}` | {type_text(field)} | {_cell(default_text(field, defaults))} | "
