@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.procs import eventually, http_get, start_service
-from tests.tenancy_commands import Result, runner
+from tests.cli_commands import Result, runner
 from tests.test_up import start_up, wait_until_up
 
 

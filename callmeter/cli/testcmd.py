@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from callmeter.cli.results import add_trend_command
     from callmeter.cli.runs import positive_count
 
     parser = commands.add_parser("tests", aliases=["test"], help="validate or store test files; list, show or "
@@ -55,6 +56,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         command.add_argument("--project", default="", help=project)
         command.add_argument("--api", help="API address host:port (default: CALLMETER_API or the profile)")
         command.set_defaults(handler=handler)
+    add_trend_command(sub)
 
 
 def handle_validate(args: argparse.Namespace) -> int:

@@ -244,3 +244,17 @@ class GroupCalls(_message.Message):
     caller: str
     callee: str
     def __init__(self, caller: _Optional[str] = ..., callee: _Optional[str] = ...) -> None: ...
+
+class ExportSamplesRequest(_message.Message):
+    __slots__ = ("run_id", "page_size")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    page_size: int
+    def __init__(self, run_id: _Optional[str] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class SamplesPage(_message.Message):
+    __slots__ = ("samples",)
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    samples: _containers.RepeatedCompositeFieldContainer[EndpointSample]
+    def __init__(self, samples: _Optional[_Iterable[_Union[EndpointSample, _Mapping]]] = ...) -> None: ...

@@ -56,6 +56,11 @@ class MetricsQueryServiceStub:
                 request_serializer=callmeter_dot_v1_dot_results__pb2.TrendRequest.SerializeToString,
                 response_deserializer=callmeter_dot_v1_dot_results__pb2.TrendResponse.FromString,
                 _registered_method=True)
+        self.ExportSamples = channel.unary_stream(
+                '/callmeter.v1.MetricsQueryService/ExportSamples',
+                request_serializer=callmeter_dot_v1_dot_results__pb2.ExportSamplesRequest.SerializeToString,
+                response_deserializer=callmeter_dot_v1_dot_results__pb2.SamplesPage.FromString,
+                _registered_method=True)
 
 
 class MetricsQueryServiceServicer:
@@ -86,6 +91,14 @@ class MetricsQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportSamples(self, request, context):
+        """Every stored endpoint-second of a run, each once, ordered by group, endpoint and second, a
+        page at a time (each page its own query), so that no side holds the whole run in memory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetricsQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +121,11 @@ def add_MetricsQueryServiceServicer_to_server(servicer, server):
                     servicer.GetTrend,
                     request_deserializer=callmeter_dot_v1_dot_results__pb2.TrendRequest.FromString,
                     response_serializer=callmeter_dot_v1_dot_results__pb2.TrendResponse.SerializeToString,
+            ),
+            'ExportSamples': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSamples,
+                    request_deserializer=callmeter_dot_v1_dot_results__pb2.ExportSamplesRequest.FromString,
+                    response_serializer=callmeter_dot_v1_dot_results__pb2.SamplesPage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +237,33 @@ class MetricsQueryService:
             '/callmeter.v1.MetricsQueryService/GetTrend',
             callmeter_dot_v1_dot_results__pb2.TrendRequest.SerializeToString,
             callmeter_dot_v1_dot_results__pb2.TrendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSamples(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/callmeter.v1.MetricsQueryService/ExportSamples',
+            callmeter_dot_v1_dot_results__pb2.ExportSamplesRequest.SerializeToString,
+            callmeter_dot_v1_dot_results__pb2.SamplesPage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -144,3 +144,86 @@ class CancelRunRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class GetRunSummaryRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class GetRunSeriesRequest(_message.Message):
+    __slots__ = ("run_id", "metric", "group", "endpoint", "step_s", "aggregate")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    STEP_S_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    metric: str
+    group: str
+    endpoint: int
+    step_s: int
+    aggregate: str
+    def __init__(self, run_id: _Optional[str] = ..., metric: _Optional[str] = ..., group: _Optional[str] = ..., endpoint: _Optional[int] = ..., step_s: _Optional[int] = ..., aggregate: _Optional[str] = ...) -> None: ...
+
+class GetWorstEndpointsRequest(_message.Message):
+    __slots__ = ("run_id", "metric", "limit")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    metric: str
+    limit: int
+    def __init__(self, run_id: _Optional[str] = ..., metric: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class WorstEndpoints(_message.Message):
+    __slots__ = ("lowest_first", "endpoints")
+    LOWEST_FIRST_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    lowest_first: bool
+    endpoints: _containers.RepeatedCompositeFieldContainer[_results_pb2.EndpointValue]
+    def __init__(self, lowest_first: _Optional[bool] = ..., endpoints: _Optional[_Iterable[_Union[_results_pb2.EndpointValue, _Mapping]]] = ...) -> None: ...
+
+class GetRunCodesRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class GroupCodes(_message.Message):
+    __slots__ = ("group", "outcomes", "calls_attempted", "calls_failed", "failures_by_code")
+    class FailuresByCodeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    CALLS_ATTEMPTED_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_BY_CODE_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    outcomes: _containers.RepeatedCompositeFieldContainer[_results_pb2.OutcomeCount]
+    calls_attempted: int
+    calls_failed: int
+    failures_by_code: _containers.ScalarMap[int, int]
+    def __init__(self, group: _Optional[str] = ..., outcomes: _Optional[_Iterable[_Union[_results_pb2.OutcomeCount, _Mapping]]] = ..., calls_attempted: _Optional[int] = ..., calls_failed: _Optional[int] = ..., failures_by_code: _Optional[_Mapping[int, int]] = ...) -> None: ...
+
+class RunCodes(_message.Message):
+    __slots__ = ("run_id", "total", "groups")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    total: GroupCodes
+    groups: _containers.RepeatedCompositeFieldContainer[GroupCodes]
+    def __init__(self, run_id: _Optional[str] = ..., total: _Optional[_Union[GroupCodes, _Mapping]] = ..., groups: _Optional[_Iterable[_Union[GroupCodes, _Mapping]]] = ...) -> None: ...
+
+class ExportRunSamplesRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...

@@ -4,6 +4,7 @@
 import grpc
 import warnings
 
+from callmeter.v1 import results_pb2 as callmeter_dot_v1_dot_results__pb2
 from callmeter.v1 import runs_pb2 as callmeter_dot_v1_dot_runs__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -60,6 +61,36 @@ class RunServiceStub:
                 request_serializer=callmeter_dot_v1_dot_runs__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=callmeter_dot_v1_dot_runs__pb2.Run.FromString,
                 _registered_method=True)
+        self.GetRunSummary = channel.unary_unary(
+                '/callmeter.v1.RunService/GetRunSummary',
+                request_serializer=callmeter_dot_v1_dot_runs__pb2.GetRunSummaryRequest.SerializeToString,
+                response_deserializer=callmeter_dot_v1_dot_results__pb2.RunSummary.FromString,
+                _registered_method=True)
+        self.GetRunSeries = channel.unary_unary(
+                '/callmeter.v1.RunService/GetRunSeries',
+                request_serializer=callmeter_dot_v1_dot_runs__pb2.GetRunSeriesRequest.SerializeToString,
+                response_deserializer=callmeter_dot_v1_dot_results__pb2.SeriesResponse.FromString,
+                _registered_method=True)
+        self.GetWorstEndpoints = channel.unary_unary(
+                '/callmeter.v1.RunService/GetWorstEndpoints',
+                request_serializer=callmeter_dot_v1_dot_runs__pb2.GetWorstEndpointsRequest.SerializeToString,
+                response_deserializer=callmeter_dot_v1_dot_runs__pb2.WorstEndpoints.FromString,
+                _registered_method=True)
+        self.GetRunCodes = channel.unary_unary(
+                '/callmeter.v1.RunService/GetRunCodes',
+                request_serializer=callmeter_dot_v1_dot_runs__pb2.GetRunCodesRequest.SerializeToString,
+                response_deserializer=callmeter_dot_v1_dot_runs__pb2.RunCodes.FromString,
+                _registered_method=True)
+        self.GetTestTrend = channel.unary_unary(
+                '/callmeter.v1.RunService/GetTestTrend',
+                request_serializer=callmeter_dot_v1_dot_results__pb2.TrendRequest.SerializeToString,
+                response_deserializer=callmeter_dot_v1_dot_results__pb2.TrendResponse.FromString,
+                _registered_method=True)
+        self.ExportRunSamples = channel.unary_stream(
+                '/callmeter.v1.RunService/ExportRunSamples',
+                request_serializer=callmeter_dot_v1_dot_runs__pb2.ExportRunSamplesRequest.SerializeToString,
+                response_deserializer=callmeter_dot_v1_dot_results__pb2.SamplesPage.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -97,6 +128,53 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRunSummary(self, request, context):
+        """Results, read from metrics-ingest; like GetRun, a viewer of the run's project may read them.
+        The run's summary: once it has ended, the one judged and stored with it (outcomes,
+        completeness, gates); before that, a live one of what is stored so far.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRunSeries(self, request, context):
+        """A catalog metric over time for the run, a group or one endpoint, in the metric's unit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWorstEndpoints(self, request, context):
+        """The endpoints that fared worst by a catalog metric: lowest first where low is worse (MOS, R
+        factor; callmeter/catalog.py LOW_IS_WORSE), else highest first (delays, jitter, loss, failures).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRunCodes(self, request, context):
+        """Endpoints by outcome and SIP code, and failed calls by SIP code, per group and for the run
+        (from the run's summary, as GetRunSummary gives it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTestTrend(self, request, context):
+        """A whole-run summary figure (mos_avg, loss_pct, ...) across the newest runs of a test; a viewer
+        of the test's project may read it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportRunSamples(self, request, context):
+        """Every stored endpoint-second of the run, ordered by group, endpoint and second, in pages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +202,36 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.CancelRun,
                     request_deserializer=callmeter_dot_v1_dot_runs__pb2.CancelRunRequest.FromString,
                     response_serializer=callmeter_dot_v1_dot_runs__pb2.Run.SerializeToString,
+            ),
+            'GetRunSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunSummary,
+                    request_deserializer=callmeter_dot_v1_dot_runs__pb2.GetRunSummaryRequest.FromString,
+                    response_serializer=callmeter_dot_v1_dot_results__pb2.RunSummary.SerializeToString,
+            ),
+            'GetRunSeries': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunSeries,
+                    request_deserializer=callmeter_dot_v1_dot_runs__pb2.GetRunSeriesRequest.FromString,
+                    response_serializer=callmeter_dot_v1_dot_results__pb2.SeriesResponse.SerializeToString,
+            ),
+            'GetWorstEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorstEndpoints,
+                    request_deserializer=callmeter_dot_v1_dot_runs__pb2.GetWorstEndpointsRequest.FromString,
+                    response_serializer=callmeter_dot_v1_dot_runs__pb2.WorstEndpoints.SerializeToString,
+            ),
+            'GetRunCodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunCodes,
+                    request_deserializer=callmeter_dot_v1_dot_runs__pb2.GetRunCodesRequest.FromString,
+                    response_serializer=callmeter_dot_v1_dot_runs__pb2.RunCodes.SerializeToString,
+            ),
+            'GetTestTrend': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTestTrend,
+                    request_deserializer=callmeter_dot_v1_dot_results__pb2.TrendRequest.FromString,
+                    response_serializer=callmeter_dot_v1_dot_results__pb2.TrendResponse.SerializeToString,
+            ),
+            'ExportRunSamples': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportRunSamples,
+                    request_deserializer=callmeter_dot_v1_dot_runs__pb2.ExportRunSamplesRequest.FromString,
+                    response_serializer=callmeter_dot_v1_dot_results__pb2.SamplesPage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +369,168 @@ class RunService:
             '/callmeter.v1.RunService/CancelRun',
             callmeter_dot_v1_dot_runs__pb2.CancelRunRequest.SerializeToString,
             callmeter_dot_v1_dot_runs__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callmeter.v1.RunService/GetRunSummary',
+            callmeter_dot_v1_dot_runs__pb2.GetRunSummaryRequest.SerializeToString,
+            callmeter_dot_v1_dot_results__pb2.RunSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunSeries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callmeter.v1.RunService/GetRunSeries',
+            callmeter_dot_v1_dot_runs__pb2.GetRunSeriesRequest.SerializeToString,
+            callmeter_dot_v1_dot_results__pb2.SeriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorstEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callmeter.v1.RunService/GetWorstEndpoints',
+            callmeter_dot_v1_dot_runs__pb2.GetWorstEndpointsRequest.SerializeToString,
+            callmeter_dot_v1_dot_runs__pb2.WorstEndpoints.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunCodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callmeter.v1.RunService/GetRunCodes',
+            callmeter_dot_v1_dot_runs__pb2.GetRunCodesRequest.SerializeToString,
+            callmeter_dot_v1_dot_runs__pb2.RunCodes.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTestTrend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/callmeter.v1.RunService/GetTestTrend',
+            callmeter_dot_v1_dot_results__pb2.TrendRequest.SerializeToString,
+            callmeter_dot_v1_dot_results__pb2.TrendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportRunSamples(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/callmeter.v1.RunService/ExportRunSamples',
+            callmeter_dot_v1_dot_runs__pb2.ExportRunSamplesRequest.SerializeToString,
+            callmeter_dot_v1_dot_results__pb2.SamplesPage.FromString,
             options,
             channel_credentials,
             insecure,

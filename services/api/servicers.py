@@ -16,7 +16,7 @@ from callmeter.v1 import runs_pb2_grpc, tenancy_pb2_grpc, tests_pb2_grpc, worker
 from services.api import watch
 from services.api.auth import Principal, authenticate, bearer_token
 from services.api.clients import Metrics, Orchestrator
-from services.api.handlers import runs, tenancy, tests, workers
+from services.api.handlers import results, runs, tenancy, tests, workers
 from services.api.settings import ApiSettings
 
 R = TypeVar("R")
@@ -133,3 +133,34 @@ class RunServicer(runs_pb2_grpc.RunServiceServicer):
         reload = functools.partial(self.auth.transaction, runs.run_view, view.run.id)
         async for message in watch.progress(view, reload, self.metrics, self.watch_interval_s):
             yield message
+
+    # Results (services/api/handlers/results.py): authorize, then ask metrics-ingest.
+    @grpc_errors
+    async def GetRunSummary(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        view = await self.auth.call(context, results.results_target, request)
+        return await results.summary(view, self.metrics)
+
+    @grpc_errors
+    async def GetRunCodes(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        view = await self.auth.call(context, results.results_target, request)
+        return results.codes(view.run.id, await results.summary(view, self.metrics))
+
+    @grpc_errors
+    async def GetRunSeries(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        series = await self.auth.call(context, results.series_request, request)
+        return await results.ask(self.metrics, self.metrics.stub.GetSeries, series)
+
+    @grpc_errors
+    async def GetWorstEndpoints(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        return await results.worst(self.metrics, await self.auth.call(context, results.worst_request, request))
+
+    @grpc_errors
+    async def GetTestTrend(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        trend = await self.auth.call(context, results.trend_request, request)
+        return await results.ask(self.metrics, self.metrics.stub.GetTrend, trend)
+
+    @grpc_errors
+    async def ExportRunSamples(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        export = await self.auth.call(context, results.export_request, request)
+        async for page in results.export(self.metrics, export):
+            yield page

@@ -25,7 +25,8 @@ count is defined in schema.py (GROUP_SECOND_COLUMNS), per group and for the whol
 - outcomes, endpoints_failed: each endpoint's outcome in its newest second (rollup_endpoints),
   counted by callmeter/common/outcomes.py;
 - a quality figure over no qualifying rows is not measured: the field is left unset.
-Series and top endpoints read endpoint_seconds (any metric, any aggregate, one endpoint).
+Series and top endpoints read endpoint_seconds (any metric, any aggregate, one endpoint), as
+does the export of a run's endpoint-seconds (samples_page), a page at a time.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from callmeter.catalog import BY_NAME, Metric
+from callmeter.catalog import BY_NAME, METRICS, Metric
 from callmeter.common import outcomes
 from callmeter.common.generator_load import CARRIES_LOAD_SQL, OVERLOADED_SQL
 from callmeter.common.verdict import measured
-from callmeter.v1 import results_pb2
+from callmeter.v1 import endpoint_metrics_pb2, results_pb2
 from services.metrics.schema import (
     ACTIVE,
     ENDPOINTS_TABLE,
@@ -292,3 +293,32 @@ def trend(client, test_id: str, field: str, limit: int) -> list[results_pb2.Tren
     return [results_pb2.TrendPoint(run_id=run_id, started_at=started, value=getattr(summaries[run_id][""], field))
             for run_id, started in runs
             if measured(summaries[run_id][""], field) is not None]
+
+
+#: A page after a (group, endpoint, second) key, spelt out rather than as a tuple comparison so
+#: that ClickHouse narrows the read by the table's primary key (run_id, group, endpoint, second).
+_AFTER_KEY = ("(`group` > {group:String} OR (`group` = {group:String} AND (endpoint > {endpoint:UInt32} OR "
+              "(endpoint = {endpoint:UInt32} AND second > toDateTime({second:UInt32})))))")
+
+
+def _page_sql(where: str) -> str:
+    return (f"SELECT `group`, endpoint, toUnixTimestamp(second), {', '.join(quote(m.name) for m in METRICS)} "
+            f"FROM {SAMPLES_TABLE} FINAL WHERE {where} ORDER BY `group`, endpoint, second LIMIT {{limit:UInt32}}")
+
+
+_FIRST_PAGE_SQL = _page_sql("run_id = {run_id:String}")
+_NEXT_PAGE_SQL = _page_sql(f"run_id = {{run_id:String}} AND {_AFTER_KEY}")
+
+
+def samples_page(client, run_id: str, after: results_pb2.EndpointSample | None,  # type: ignore[no-untyped-def]
+                 limit: int) -> list[results_pb2.EndpointSample]:
+    """Up to ``limit`` endpoint-seconds of a run, each once (FINAL), in (group, endpoint, second)
+    order, from the one after ``after`` (from the first with None); metrics as stored."""
+    parameters: dict[str, object] = {"run_id": run_id, "limit": limit}
+    if after is not None:
+        parameters.update(group=after.group, endpoint=after.endpoint, second=after.second)
+    rows = client.query(_FIRST_PAGE_SQL if after is None else _NEXT_PAGE_SQL, parameters=parameters).result_rows
+    return [results_pb2.EndpointSample(
+        group=group, endpoint=endpoint, second=second,
+        metrics=endpoint_metrics_pb2.EndpointMetrics(**{m.name: v for m, v in zip(METRICS, values, strict=True) if v}))
+        for group, endpoint, second, *values in rows]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -21,6 +21,8 @@ MAX_TOP = 1000
 DEFAULT_TREND_RUNS = 20
 MAX_TREND_RUNS = 500
 MAX_STEP_S = 86400
+DEFAULT_PAGE = 1000
+MAX_PAGE = 10000
 
 
 def invalid(field: str, detail: str) -> CallmeterError:
@@ -40,9 +42,9 @@ def catalog_metric(name: str) -> Metric:
     return metric
 
 
-def bounded_limit(limit: int, default: int, maximum: int) -> int:
+def bounded_limit(limit: int, default: int, maximum: int, field: str = "limit") -> int:
     if limit < 0:
-        raise invalid("limit", f"must not be negative (got {limit})")
+        raise invalid(field, f"must not be negative (got {limit})")
     return min(limit or default, maximum)
 
 
@@ -99,3 +101,17 @@ class MetricsQueryServicer(results_pb2_grpc.MetricsQueryServiceServicer):
         limit = bounded_limit(request.limit, DEFAULT_TREND_RUNS, MAX_TREND_RUNS)
         points = await self._query(queries.trend, request.test_id, request.metric, limit)
         return results_pb2.TrendResponse(points=points)
+
+    @grpc_errors
+    async def ExportSamples(self, request: results_pb2.ExportSamplesRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[results_pb2.SamplesPage]:
+        run_id = require_run_id(request.run_id)
+        page_size = bounded_limit(request.page_size, DEFAULT_PAGE, MAX_PAGE, "page_size")
+        after = None
+        while True:  # a query per page: other queries take their turn on the store thread between pages
+            samples = await self._query(queries.samples_page, run_id, after, page_size)
+            if samples:
+                yield results_pb2.SamplesPage(samples=samples)
+            if len(samples) < page_size:
+                return
+            after = samples[-1]

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from callmeter.common.errors import CallmeterError, ErrorCode
-from callmeter.v1 import runs_pb2, tenancy_pb2, tests_pb2, workers_pb2
+from callmeter.v1 import results_pb2, runs_pb2, tenancy_pb2, tests_pb2, workers_pb2
 from services.api.auth import ADMIN, EDITOR, NO_ROLE, OWNER, RUNNER, VIEWER, role_name
-from services.api.handlers import runs, tenancy, tests, workers
+from services.api.handlers import results, runs, tenancy, tests, workers
 from tests.api.conftest import world_on
 from tests.api.world import ROLES, World, valid_spec
 
@@ -116,6 +116,18 @@ CASES = [
     Case("ListRuns", VIEWER, "project", lambda w: (runs.list_runs, runs_pb2.ListRunsRequest(project_id=w.project))),
     Case("CancelRun", RUNNER, "project", lambda w: (runs.cancel_target, runs_pb2.CancelRunRequest(run_id=w.run))),
     Case("WatchRun", VIEWER, "project", lambda w: (runs.watch_target, runs_pb2.WatchRunRequest(run_id=w.run))),
+    # RunService's results (the handler that authorizes before metrics-ingest is asked)
+    Case("GetRunSummary", VIEWER, "project",
+         lambda w: (results.results_target, runs_pb2.GetRunSummaryRequest(run_id=w.run))),
+    Case("GetRunCodes", VIEWER, "project", lambda w: (results.results_target, runs_pb2.GetRunCodesRequest(run_id=w.run))),
+    Case("GetRunSeries", VIEWER, "project", lambda w: (results.series_request, runs_pb2.GetRunSeriesRequest(
+        run_id=w.run, metric="mos", group="callers", endpoint=1, step_s=5))),
+    Case("GetWorstEndpoints", VIEWER, "project", lambda w: (
+        results.worst_request, runs_pb2.GetWorstEndpointsRequest(run_id=w.run, metric="mos", limit=3))),
+    Case("GetTestTrend", VIEWER, "project",
+         lambda w: (results.trend_request, results_pb2.TrendRequest(test_id=w.test, metric="mos_avg"))),
+    Case("ExportRunSamples", VIEWER, "project",
+         lambda w: (results.export_request, runs_pb2.ExportRunSamplesRequest(run_id=w.run))),
 ]
 
 CALLERS = [("none", ""), *[(role, scope) for role in ROLES for scope in ("organization", "project")]]

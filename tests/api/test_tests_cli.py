@@ -20,7 +20,7 @@ from callmeter.v1 import common_pb2, workers_pb2
 from tests.api.conftest import world_on
 from tests.api.world import World
 from tests.procs import ROOT, ServiceProcess, create_metrics_streams, start_service
-from tests.tenancy_commands import Result, environment
+from tests.cli_commands import Result, environment
 
 OWNER = ("owner", "organization")
 EDITOR = ("editor", "project")
