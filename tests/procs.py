@@ -27,9 +27,10 @@ def callmeter_command(*args: str) -> list[str]:
 
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLMETER_")}
-    # Every SIP and RTP packet a test makes stays on loopback.
+    # Every SIP and RTP packet a test makes stays on loopback. The internal links are plaintext
+    # unless a test gives the certificates (tests/services/test_internal_tls.py, `up`).
     env.update(CALLMETER_LOG_FORMAT="json", CALLMETER_GRPC_PORT="0", CALLMETER_PROMETHEUS_PORT="0",
-               SIP_IP="127.0.0.1")
+               CALLMETER_INSECURE_INTERNAL="true", SIP_IP="127.0.0.1")
     env.update(extra)
     return env
 

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from callmeter.common.channels import check_health
+from callmeter.common.tls import ensure_dev_pki
 from tests.procs import base_env, callmeter_command, eventually, http_get
 
 SERVICES = ("nats-server", "metrics", "orchestrator", "gateway", "api", "worker")
@@ -47,8 +48,10 @@ def test_up_starts_everything_healthy_and_ctrl_c_stops_it(tmp_path: Path) -> Non
     try:
         table = wait_until_up(process, output)
         assert set(table) == set(SERVICES), output.read_text()
-        for name in ("metrics", "orchestrator", "api"):
-            assert check_health(table[name][1]), name
+        for name in ("metrics", "orchestrator"):  # mutual TLS: only a certificate of up's CA is answered
+            assert check_health(table[name][1], identity=ensure_dev_pki(data_dir / "tls").internal("api")), name
+            assert not check_health(table[name][1], data_dir / "tls" / "ca.pem"), name
+        assert check_health(table["api"][1])
         assert check_health(table["gateway"][1], data_dir / "tls" / "ca.pem")
         status, body = http_get(f"http://{table['worker'][1]}/readyz")
         assert status == 200 and json.loads(body)["state"] == "online"

@@ -1,7 +1,8 @@
 """The whole platform on one machine (`callmeter up`): embedded stores, five service processes.
 
 Layout of DATA_DIR (reused by the next `up`):
-  tls/         development CA and the gateway's certificate
+  tls/         development CA, the gateway's certificate for workers, and each service's
+               certificate for the internal links (mutual TLS, callmeter/common/tls.py)
   state.db     SQLite configuration and state
   metrics/     chDB metrics store (owned by metrics-ingest)
   nats/        the embedded nats-server's JetStream store and log
@@ -141,13 +142,18 @@ class Platform:
             }
             # Every address is known, so the services start together; each is then waited for.
             for name, env in envs.items():
-                self._spawn(name, {**common, **env, "CALLMETER_GRPC_PORT": address[name].rsplit(":", 1)[1],
+                self._spawn(name, {**common, **env, **pki.internal(name).env(),
+                                   "CALLMETER_GRPC_PORT": address[name].rsplit(":", 1)[1],
                                    "CALLMETER_PROMETHEUS_PORT": str(self._prometheus_port(name))}, address[name])
             self._wait(self.children["gateway"], lambda: check_health(address["gateway"], pki.ca_cert))
             if self.with_worker:
                 self._spawn_worker(address["gateway"], pki.ca_cert, worker_token, common)
-            for name in ("metrics", "orchestrator", "api"):
-                self._wait(self.children[name], lambda name=name: check_health(address[name]))
+            # The internal services answer only a certificate of the CA: `up` holds them all, and
+            # asks as the api does.
+            for name in ("metrics", "orchestrator"):
+                self._wait(self.children[name], lambda name=name: check_health(address[name],
+                                                                               identity=pki.internal("api")))
+            self._wait(self.children["api"], lambda: check_health(address["api"]))
             if self.with_worker:
                 worker = self.children["worker"]
                 self._wait(worker, lambda: worker_ready(worker.address), "not connected to the gateway")

@@ -1,4 +1,5 @@
-"""Client channels to callmeter services, plain or TLS, with the options every client uses.
+"""Client channels to callmeter services, plain, TLS or mutual TLS (the internal links), with the
+options every client uses.
 
 HTTP CONNECT proxies: gRPC core reads only the lower-case ``https_proxy``/``no_proxy`` (and
 ``grpc_proxy``/``http_proxy``), but operators set ``HTTPS_PROXY``/``NO_PROXY`` for the worker's
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from callmeter.common.grpc_server import MAX_MESSAGE_BYTES, read_pem
+from callmeter.common.grpc_server import MAX_MESSAGE_BYTES, TlsFiles, read_ca, read_key_pair
 
 CLIENT_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -45,33 +46,51 @@ def proxy_options(address: str) -> list[tuple[str, int | str]]:
 
 def aio_channel(address: str, ca_file: Path | None = None, ca_setting: str = "CALLMETER_CA_FILE",
                 server_name: str | None = None, proxy: bool = False,
-                compression: grpc.Compression | None = None) -> grpc.aio.Channel:
-    """An asyncio channel; TLS when ``ca_file`` is given (the CA that signed the server); through
-    the environment's HTTP proxy when ``proxy``; every message sent compressed with
-    ``compression`` (servers accept gzip and deflate without any setting)."""
+                compression: grpc.Compression | None = None, identity: TlsFiles | None = None,
+                always_tls: bool = False) -> grpc.aio.Channel:
+    """An asyncio channel; TLS when ``ca_file`` is given (the CA that signed the server), mutual TLS
+    with ``identity`` (this process's certificate, presented, and the CA that signed the server);
+    plaintext with neither, unless ``always_tls``: then TLS trusting the system's roots. Through the
+    environment's HTTP proxy when ``proxy``; every message sent compressed with ``compression``
+    (servers accept gzip and deflate without any setting)."""
     options = [*CLIENT_OPTIONS, *(proxy_options(address) if proxy else [])]
-    if ca_file is None:
+    credentials = channel_credentials(ca_file, ca_setting, identity)
+    if credentials is None and always_tls:
+        credentials = grpc.ssl_channel_credentials()
+    if credentials is None:
         return grpc.aio.insecure_channel(address, options=options, compression=compression)
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
-    credentials = grpc.ssl_channel_credentials(root_certificates=read_pem(ca_file, ca_setting))
     return grpc.aio.secure_channel(address, credentials, options=options, compression=compression)
 
 
-def sync_channel(address: str, ca_file: Path | None = None) -> grpc.Channel:
-    """A blocking channel, for the CLI."""
+def sync_channel(address: str, ca_file: Path | None = None, identity: TlsFiles | None = None) -> grpc.Channel:
+    """A blocking channel, for the CLI; TLS as for ``aio_channel``."""
     options = list(CLIENT_OPTIONS)
-    if ca_file is None:
+    credentials = channel_credentials(ca_file, "CALLMETER_CA_FILE", identity)
+    if credentials is None:
         return grpc.insecure_channel(address, options=options)
-    credentials = grpc.ssl_channel_credentials(root_certificates=read_pem(ca_file, "CALLMETER_CA_FILE"))
     return grpc.secure_channel(address, credentials, options=options)
 
 
-def check_health(address: str, ca_file: Path | None = None, timeout_s: float = 2.0, service: str = "") -> bool:
+def channel_credentials(ca_file: Path | None, ca_setting: str,
+                        identity: TlsFiles | None) -> grpc.ChannelCredentials | None:
+    """None for plaintext; a file that cannot be used is a ConfigError naming its setting."""
+    if identity is not None:  # its CA, or without one the system's roots
+        key, cert = read_key_pair(identity)
+        ca = read_ca(identity.ca, identity.ca_setting) if identity.ca else None
+        return grpc.ssl_channel_credentials(ca, key, cert)
+    if ca_file is not None:
+        return grpc.ssl_channel_credentials(read_ca(ca_file, ca_setting))
+    return None
+
+
+def check_health(address: str, ca_file: Path | None = None, timeout_s: float = 2.0, service: str = "",
+                 identity: TlsFiles | None = None) -> bool:
     """True when the standard gRPC health service answers SERVING."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with sync_channel(address, ca_file) as channel:
+    with sync_channel(address, ca_file, identity) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s

@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -31,13 +35,24 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """Server certificate chain and key (PEM); ``client_ca`` turns on mutual TLS."""
+    """A certificate chain and its private key, and a CA (PEM files), with the settings that name them.
+
+    A server with ``ca`` requires every caller to present a certificate that CA signed (mutual TLS).
+    A client (callmeter/common/channels.py) presents the certificate and trusts the servers that
+    ``ca`` signed (without one, the system's roots).
+    """
 
     cert: Path
     key: Path
-    client_ca: Path | None = None
+    ca: Path | None = None
     cert_setting: str = "CALLMETER_TLS_CERT_FILE"
     key_setting: str = "CALLMETER_TLS_KEY_FILE"
+    ca_setting: str = "CALLMETER_TLS_CLIENT_CA_FILE"
+
+    def env(self) -> dict[str, str]:
+        """The environment that gives a child process these files."""
+        return {self.cert_setting: str(self.cert), self.key_setting: str(self.key),
+                **({self.ca_setting: str(self.ca)} if self.ca else {})}
 
 
 class GrpcServer:
@@ -91,10 +106,41 @@ def read_pem(path: Path, setting: str) -> bytes:
     return data
 
 
+def read_ca(path: Path, setting: str) -> bytes:
+    """A file of one or more CA certificates (PEM), checked to hold at least one."""
+    data = read_pem(path, setting)
+    _certificates(data, path, setting)
+    return data
+
+
+def read_key_pair(tls: TlsFiles) -> tuple[bytes, bytes]:
+    """(key, certificate chain) as PEM, checked to belong together: gRPC would otherwise refuse
+    them only with log lines of its own (a server cannot bind, a client's every call fails)."""
+    chain = read_pem(tls.cert, tls.cert_setting)
+    leaf = _certificates(chain, tls.cert, tls.cert_setting)[0]
+    data = read_pem(tls.key, tls.key_setting)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # not a key, encrypted, or of an unknown kind
+        raise ConfigError(tls.key_setting, f"{tls.key} holds no unencrypted private key that can be read") from None
+    if _public_der(key.public_key()) != _public_der(leaf.public_key()):
+        raise ConfigError(tls.key_setting, f"{tls.key} is not the key of the certificate in {tls.cert} "
+                                           f"({tls.cert_setting})")
+    return data, chain
+
+
+def _certificates(data: bytes, path: Path, setting: str) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ConfigError(setting, f"{path} holds no certificate that can be read") from None
+
+
+def _public_der(key: Any) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
-    cert = read_pem(tls.cert, tls.cert_setting)
-    key = read_pem(tls.key, tls.key_setting)
-    client_ca = read_pem(tls.client_ca, "CALLMETER_TLS_CLIENT_CA_FILE") if tls.client_ca else None
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
+    key, cert = read_key_pair(tls)
+    ca = read_ca(tls.ca, tls.ca_setting) if tls.ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)

@@ -1,4 +1,5 @@
-"""The API's clients of other services: the orchestrator (run lifecycle) and metrics-ingest (live summaries)."""
+"""The API's clients of other services: the orchestrator (run lifecycle) and metrics-ingest (live
+summaries), over the internal links (mutual TLS with the API's certificate, callmeter/common/tls.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import grpc
 
 from callmeter.common.channels import aio_channel
 from callmeter.common.errors import CallmeterError, ErrorCode
+from callmeter.common.grpc_server import TlsFiles
 from callmeter.v1 import orchestrator_pb2, orchestrator_pb2_grpc, results_pb2, results_pb2_grpc, runs_pb2
 
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -22,8 +24,8 @@ def orchestrator_error(exc: grpc.aio.AioRpcError) -> CallmeterError:
 
 
 class Orchestrator:
-    def __init__(self, address: str, timeout_s: float) -> None:
-        self.channel = aio_channel(address)
+    def __init__(self, address: str, timeout_s: float, tls: TlsFiles | None) -> None:
+        self.channel = aio_channel(address, identity=tls)
         self.stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel)
         self.timeout_s = timeout_s
 
@@ -44,8 +46,8 @@ class Orchestrator:
 
 
 class Metrics:
-    def __init__(self, address: str, timeout_s: float) -> None:
-        self.channel = aio_channel(address)
+    def __init__(self, address: str, timeout_s: float, tls: TlsFiles | None) -> None:
+        self.channel = aio_channel(address, identity=tls)
         self.stub = results_pb2_grpc.MetricsQueryServiceStub(self.channel)
         self.timeout_s = timeout_s
 

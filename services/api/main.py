@@ -46,11 +46,13 @@ class Api:
 
 
 async def build(settings: ApiSettings, server: GrpcServer) -> Component:
+    # The channels first: a certificate that cannot be used stops the start before any connection.
+    internal_tls = settings.internal_tls()
+    orchestrator = Orchestrator(settings.orchestrator_address, settings.call_timeout_s, internal_tls)
+    metrics = Metrics(settings.metrics_address, settings.call_timeout_s, internal_tls)
     engine = await asyncio.to_thread(create_database_engine, settings.database_url)
     await asyncio.to_thread(ensure_schema, engine)
     auth = Authenticated(sessionmaker(engine, expire_on_commit=False))
-    orchestrator = Orchestrator(settings.orchestrator_address, settings.call_timeout_s)
-    metrics = Metrics(settings.metrics_address, settings.call_timeout_s)
     tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(TenancyServicer(auth), server.server)
     workers_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(auth), server.server)
     tests_pb2_grpc.add_TestServiceServicer_to_server(TestServicer(auth), server.server)
@@ -67,6 +69,7 @@ SPEC = ServiceSpec(
         runs_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
     ],
     build=build,
+    tls=ApiSettings.server_tls,
 )
 
 

@@ -11,6 +11,7 @@ worker.
 
 from __future__ import annotations
 
+import grpc
 import nats.errors
 import structlog
 from google.protobuf.message import DecodeError
@@ -39,11 +40,11 @@ SHUTDOWN_REASON = "gateway shutting down"
 class Gateway:
     """Background work: the NATS connection, the orchestrator channel, the event reporter."""
 
-    def __init__(self, settings: GatewaySettings, server: GrpcServer, nats: Client) -> None:
+    def __init__(self, settings: GatewaySettings, server: GrpcServer, nats: Client, channel: grpc.aio.Channel) -> None:
         self.settings = settings
         self.nats = nats
         self.subscriptions: list[Subscription] = []
-        self.channel = aio_channel(settings.orchestrator_address)
+        self.channel = channel
         self.reporter = EventReporter(
             orchestrator_pb2_grpc.OrchestratorServiceStub(self.channel), settings.gateway_id,
             settings.report_interval_s, on_revoked=lambda worker_id: self.servicer.revoke(worker_id),
@@ -86,15 +87,19 @@ class Gateway:
 
 
 async def build(settings: GatewaySettings, server: GrpcServer) -> Component:
+    # The channel to the orchestrator first (mutual TLS with the gateway's internal certificate): a
+    # certificate that cannot be used stops the start before any connection.
+    channel = aio_channel(settings.orchestrator_address, identity=settings.internal_tls())
     nats = await connect_nats(settings.nats_url, name=f"callmeter-gateway-{settings.gateway_id}")
     await wait_for_stream(nats.jetstream())
-    return Gateway(settings, server, nats)
+    return Gateway(settings, server, nats, channel)
 
 
 SPEC = ServiceSpec(
     name="gateway",
     grpc_services=[workers_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name],
     build=build,
+    # Workers' TLS: the gateway's public certificate, not its internal one.
     tls=lambda s: TlsFiles(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file),
 )
 

@@ -9,10 +9,11 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from callmeter.common.settings import CommonSettings
+from callmeter.common.tls import InternalTlsSettings
 from callmeter.common.stores.nats import NatsUrl
 
 
-class GatewaySettings(CommonSettings):
+class GatewaySettings(CommonSettings, InternalTlsSettings):
     #: Workers dial this port with TLS; 443 in production so that it passes firewalls.
     grpc_port: int = Field(default=443, ge=0, le=65535)
     prometheus_port: int = Field(default=9103, ge=0, le=65535)

@@ -64,6 +64,8 @@ SPEC = ServiceSpec(
     name="metrics",
     grpc_services=[results_pb2.DESCRIPTOR.services_by_name["MetricsQueryService"].full_name],
     build=build,
+    # Callers (the api, the orchestrator) present a certificate of the platform's CA.
+    tls=MetricsSettings.internal_tls,
 )
 
 SETTINGS = MetricsSettings

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from callmeter.common.settings import CommonSettings
+from callmeter.common.tls import InternalTlsSettings
 from callmeter.common.stores.metrics_store import check_metrics_store_url
 from callmeter.common.stores.nats import NatsUrl
 
 
-class MetricsSettings(CommonSettings):
+class MetricsSettings(CommonSettings, InternalTlsSettings):
     grpc_port: int = Field(default=50054, ge=0, le=65535)
     prometheus_port: int = Field(default=9104, ge=0, le=65535)
     #: JetStream server(s) the gateway publishes metric batches to.

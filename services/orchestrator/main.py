@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import structlog
 from nats.aio.client import Client
 from prometheus_client import REGISTRY
@@ -32,11 +33,12 @@ SETTINGS = OrchestratorSettings
 class Orchestrator:
     """Background work: the run conductor and the staleness sweep over workers; runs by state on /metrics."""
 
-    def __init__(self, settings: OrchestratorSettings, engine: Engine, nats: Client) -> None:
+    def __init__(self, settings: OrchestratorSettings, engine: Engine, nats: Client,
+                 metrics_channel: grpc.aio.Channel) -> None:
         self.settings = settings
         self.engine = engine
         self.nats = nats
-        self.metrics_channel = aio_channel(settings.metrics_address)
+        self.metrics_channel = metrics_channel
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self.conductor = Conductor(settings, self.sessions, nats,
                                    results_pb2_grpc.MetricsQueryServiceStub(self.metrics_channel))
@@ -74,10 +76,13 @@ class Orchestrator:
 
 
 async def build(settings: OrchestratorSettings, server: GrpcServer) -> Component:
+    # The channel first: a certificate that cannot be used stops the start before any connection.
+    # The same files serve the orchestrator's port (SPEC.tls).
+    metrics_channel = aio_channel(settings.metrics_address, identity=settings.internal_tls())
     engine = await asyncio.to_thread(create_database_engine, settings.database_url)
     await asyncio.to_thread(ensure_schema, engine)
     nats = await connect_nats(settings.nats_url, name="callmeter-orchestrator")
-    orchestrator = Orchestrator(settings, engine, nats)
+    orchestrator = Orchestrator(settings, engine, nats, metrics_channel)
     orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
         OrchestratorServicer(orchestrator.conductor), server.server)
     return orchestrator
@@ -87,6 +92,7 @@ SPEC = ServiceSpec(
     name="orchestrator",
     grpc_services=[orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name],
     build=build,
+    tls=OrchestratorSettings.internal_tls,
 )
 
 

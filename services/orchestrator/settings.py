@@ -5,13 +5,14 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from callmeter.common.settings import CommonSettings
+from callmeter.common.tls import InternalTlsSettings
 from callmeter.common.start_waves import REGISTRATION_WAIT_S
 from callmeter.common.verdict import COMPLETENESS_MIN_PCT
 from callmeter.common.stores.database import normalize_database_url
 from callmeter.common.stores.nats import NatsUrl
 
 
-class OrchestratorSettings(CommonSettings):
+class OrchestratorSettings(CommonSettings, InternalTlsSettings):
     grpc_port: int = Field(default=50052, ge=0, le=65535)
     prometheus_port: int = Field(default=9102, ge=0, le=65535)
     #: sqlite:///PATH (embedded) or postgresql://USER@HOST/DB.

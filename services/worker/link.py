@@ -104,8 +104,9 @@ class GatewayLink:
         """One connection; returns whether the gateway welcomed us."""
         settings = self.settings
         welcomed = False
+        # Always TLS (the hello carries the token): without CALLMETER_CA_FILE, the system's roots.
         channel = aio_channel(settings.gateway_address, settings.ca_file, server_name=settings.gateway_server_name,
-                              proxy=True, compression=COMPRESSION[settings.link_compression])
+                              proxy=True, compression=COMPRESSION[settings.link_compression], always_tls=True)
         try:
             call = workers_pb2_grpc.GatewayServiceStub(channel).Connect()
             self.call = call
