@@ -56,6 +56,15 @@ class BadFile:
         return path
 
 
+@dataclass(frozen=True)
+class WithBaseline(BadFile):
+    """A bad file whose test names a baseline (``baseline: last-pass``), so that a problem of a
+    gate relative to it is its only one."""
+
+    def data(self) -> dict[str, Any]:
+        return {**super().data(), "baseline": "last-pass"}
+
+
 # Files that read as a TestSpec, refused by the spec check (callmeter/common/spec_check.py).
 REFUSED = [
     # what the issue names
@@ -112,6 +121,19 @@ REFUSED = [
     BadFile("group-selector-without-key", "groups[1].worker_selector", [{"value": "a"}], "groups[1].worker_selector[0].key",
             ("required",)),
     BadFile("description-too-long", "description", "d" * (64 * 1024 + 1), "description", ("at most 65536",)),
+    # baselines (docs/verdict.md, Baselines)
+    BadFile("relative-gate-without-baseline", "gates", [{"metric": "mos_avg", "baseline": {"max_drop": 0.1}}],
+            "baseline", ("required", "gates[0]", "last-pass", "run id")),
+    BadFile("baseline-neither-last-pass-nor-a-run", "baseline", "last-passed", "baseline",
+            ('"last-passed"', "last-pass", "run id")),
+    WithBaseline("gate-absolute-and-relative", "gates[0].baseline", {"max_drop": 0.1}, "gates[0].baseline",
+                 ("absolute", "relative", "not both")),
+    WithBaseline("baseline-limit-empty", "gates", [{"metric": "mos_avg", "baseline": {}}], "gates[0].baseline",
+                 ("max_drop", "max_rise_pct")),
+    WithBaseline("baseline-limit-negative", "gates", [{"metric": "setup_ms_p95", "baseline": {"max_rise_pct": -20}}],
+                 "gates[0].baseline.max_rise_pct", ("0 or more", "-20")),
+    WithBaseline("baseline-limit-the-better-way", "gates", [{"metric": "mos_avg", "baseline": {"max_rise": 0.1}}],
+                 "gates[0].baseline.max_rise", ("mos_avg", "max_drop")),
 ]
 
 # Files the reader refuses (callmeter/common/testspec.py): named by their field, not "Failed to
@@ -131,6 +153,8 @@ UNREADABLE = [
             "groups[1].scenario.unregister_at_end", ("true or false",)),
     BadFile("media-two-sources", "groups[0].media.wav_path", "/tmp/tone.wav", "groups[0].media", ("one of",)),
     BadFile("role-a-number", "groups[1].role", 7, "groups[1].role", ("7", "caller")),
+    WithBaseline("baseline-two-limits", "gates", [{"metric": "mos_avg", "baseline": {"max_drop": 0.1, "max_drop_pct": 2}}],
+                 "gates[0].baseline", ("only one of", "max_drop_pct")),
 ]
 
 BAD_FILES = REFUSED + UNREADABLE

@@ -20,10 +20,11 @@ MAX_PAGE_SIZE = 1000
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from callmeter.cli.compare import add_compare_command
     from callmeter.cli.results import add_result_commands
 
-    parser = commands.add_parser("runs", help="list runs, show one or cancel one; a run's series, worst endpoints, "
-                                              "codes and samples")
+    parser = commands.add_parser("runs", help="list runs, show one, compare two or cancel one; a run's series, "
+                                              "worst endpoints, codes and samples")
     sub = parser.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
     listing = sub.add_parser("list", help="list runs, newest first")
     listing.add_argument("--test", metavar="NAME", help="only the runs of the test of this name")
@@ -40,6 +41,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         command.add_argument("--api", help="API address host:port (default: CALLMETER_API or the profile)")
         command.set_defaults(handler=handler)
     add_result_commands(sub)
+    add_compare_command(sub)
 
 
 def positive_count(text: str) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,7 +21,8 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from callmeter.common.codecs import codec_matches, codec_names
 from callmeter.common.enum_words import word
 from callmeter.common.start_waves import GROUP_PREFIX
-from callmeter.common.verdict import GATE_METRICS
+from callmeter.common.directions import higher_is_better
+from callmeter.common.verdict import GATE_METRICS, LAST_PASS, is_relative
 from callmeter.v1 import common_pb2, tests_pb2, workers_pb2
 
 # Largest group one test may ask for; larger loads are several groups (and several workers).
@@ -34,6 +36,8 @@ MAX_GROUPS = 100
 MAX_TEXT_LENGTH = 2048  # an address, URI, path or credential reference
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
+# A run id (callmeter/state/models.py new_id: uuid4 hex), as TestSpec.baseline may name one.
+RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 # What this product's engine (the pjsua2-python 2.15.1 wheel) has, used for any capability that no
 # registered worker reports: the codec ids its Endpoint.codecEnum2() lists.
@@ -102,6 +106,7 @@ def check_spec(spec: tests_pb2.TestSpec, caps: Capabilities) -> list[common_pb2.
         _group(v, f"groups[{i}]", group, groups, caps)
     for i, gate in enumerate(spec.gates):
         _gate(v, f"gates[{i}]", gate, groups)
+    _baseline(v, spec)
     _selector(v, "worker_selector", spec.worker_selector)
     for i, group in enumerate(spec.groups):
         _selector(v, f"groups[{i}].worker_selector", group.worker_selector, spec.worker_selector)
@@ -210,13 +215,46 @@ def _scenario(v: _Violations, path: str, scenario: tests_pb2.Scenario) -> None:
 def _gate(v: _Violations, path: str, gate: tests_pb2.QualityGate, groups: dict[str, tests_pb2.EndpointGroup]) -> None:
     if gate.metric not in GATE_METRICS:
         v.add(f"{path}.metric", f"unknown metric {_q(gate.metric)}; one of: {', '.join(sorted(GATE_METRICS))}")
-    _known(v, f"{path}.comparison", tests_pb2.Comparison, gate.comparison)
-    if gate.comparison == tests_pb2.COMPARISON_UNSPECIFIED:
-        v.add(f"{path}.comparison", "required: lt, le, gt, ge or eq")
+    if is_relative(gate):
+        _baseline_limit(v, path, gate)
+    else:
+        _known(v, f"{path}.comparison", tests_pb2.Comparison, gate.comparison)
+        if gate.comparison == tests_pb2.COMPARISON_UNSPECIFIED:
+            v.add(f"{path}.comparison", "required: lt, le, gt, ge or eq (or a baseline limit instead)")
     if not math.isfinite(gate.threshold):
         v.add(f"{path}.threshold", "must be a finite number")
     if gate.group and gate.group not in groups:
         v.add(f"{path}.group", f"{_q(gate.group)} names no group of the test")
+
+
+def _baseline_limit(v: _Violations, path: str, gate: tests_pb2.QualityGate) -> None:
+    """A relative gate: one limit, not negative, on the side that is worse for its metric, and no
+    comparison or threshold beside it."""
+    if gate.comparison or gate.threshold:
+        v.add(f"{path}.baseline", "a gate is either absolute (comparison, threshold) or relative to the baseline "
+                                  "(baseline), not both")
+    kind = gate.baseline.WhichOneof("limit")
+    if kind is None:
+        v.add(f"{path}.baseline", "needs one of: max_drop, max_drop_pct, max_rise, max_rise_pct")
+        return
+    limit = getattr(gate.baseline, kind)
+    if not (math.isfinite(limit) and limit >= 0):
+        v.add(f"{path}.baseline.{kind}", f"must be a number, 0 or more (got {limit:g})")
+    if gate.metric in GATE_METRICS:
+        better_higher = higher_is_better(gate.metric)
+        if kind.startswith("max_rise") == better_higher:
+            worse = "drop" if better_higher else "rise"
+            v.add(f"{path}.baseline.{kind}", f"{gate.metric} gets worse as it {worse}s: "
+                                             f"limit it with max_{worse} or max_{worse}_pct")
+
+
+def _baseline(v: _Violations, spec: tests_pb2.TestSpec) -> None:
+    """TestSpec.baseline: last-pass or a run id, and set when a gate is relative to it."""
+    relative = [f"gates[{i}]" for i, gate in enumerate(spec.gates) if is_relative(gate)]
+    if spec.baseline and spec.baseline != LAST_PASS and not RUN_ID.fullmatch(spec.baseline):
+        v.add("baseline", f"{_q(spec.baseline[:64])} is neither {LAST_PASS} nor a run id (32 hex digits)")
+    elif relative and not spec.baseline:
+        v.add("baseline", f"required by {', '.join(relative)}, relative to the baseline: {LAST_PASS} or a run id")
 
 
 def _q(text: str) -> str:

@@ -11,6 +11,9 @@ Pure functions over ``RunSummary`` messages, used by the orchestrator and by ``c
    "not measured" (never as 0).
 3. A test without gates gets the default gate ``endpoints_failed == 0``: every endpoint ran its
    scenario without an error. It is shown among the gates like any other.
+4. A relative gate (QualityGate.baseline) compares the figure with the same figure of the
+   test's baseline run (``Baseline``: the orchestrator finds it, local mode has none): it fails
+   with "no baseline run" when there is none, "not measured" when either run lacks the figure.
 FAIL if a gate did not hold, else PASS. Cancelled and timed-out runs are not judged (ERROR).
 Whatever the verdict, a worker that was overloaded adds a reason saying so
 (callmeter/common/generator_load.py); a gate on overloaded_s makes it fail the run.
@@ -18,8 +21,10 @@ Whatever the verdict, a worker that was overloaded adds a reason saying so
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import Message
@@ -74,10 +79,48 @@ COMPLETENESS_MIN_PCT = 99.0
 DEFAULT_GATE = "endpoints_failed == 0 (default gate: the test sets none)"
 
 
-def gate_text(gate: tests_pb2.QualityGate) -> str:
-    """The gate as written: "mos_avg >= 4" or "group callers: loss_pct < 1"."""
-    symbol = COMPARISONS.get(gate.comparison, ("?", None))[0]
-    text = f"{gate.metric} {symbol} {gate.threshold:g}"
+#: TestSpec.baseline: the newest earlier run of the test that finished with a PASS.
+LAST_PASS = "last-pass"
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The run a test's relative gates are judged against, or why there is none."""
+
+    run_id: str = ""
+    #: Its stored summary; None when there is no baseline run.
+    summary: results_pb2.RunSummary | None = None
+    #: Why there is none, as each relative gate's reason says it.
+    missing: str = "no baseline run"
+    #: How it was chosen, for the run's reasons: "last-pass: the newest earlier run of this test that passed".
+    chosen: str = ""
+
+
+#: No baseline run was looked for or found.
+NO_BASELINE = Baseline()
+#: `callmeter worker --local` has no runs to compare with.
+LOCAL_MODE = Baseline(missing="no baseline in local mode")
+
+
+def is_relative(gate: tests_pb2.QualityGate) -> bool:
+    """Whether the gate is judged against the baseline run rather than a threshold."""
+    return gate.HasField("baseline")
+
+
+def gate_text(gate: tests_pb2.QualityGate, baseline_value: float | None = None, change: str = "") -> str:
+    """The gate as written: "mos_avg >= 4", "group callers: loss_pct < 1", "mos_avg at most 0.1
+    below the baseline"; a relative gate with the baseline's value, and the change when it is
+    known: "setup_ms_p95 at most 20 % above baseline 180 (change +30 %)"."""
+    if is_relative(gate):
+        kind = gate.baseline.WhichOneof("limit") or "max_rise"
+        amount = getattr(gate.baseline, kind)
+        limit = f"{amount:g} %" if kind.endswith("_pct") else f"{amount:g}"
+        side = "below" if kind.startswith("max_drop") else "above"
+        base = "the baseline" if baseline_value is None else f"baseline {baseline_value:g}"
+        text = f"{gate.metric} at most {limit} {side} {base}" + (f" (change {change})" if change else "")
+    else:
+        symbol = COMPARISONS.get(gate.comparison, ("?", None))[0]
+        text = f"{gate.metric} {symbol} {gate.threshold:g}"
     return f"group {gate.group}: {text}" if gate.group else text
 
 
@@ -104,15 +147,16 @@ def incomplete(summary: results_pb2.RunSummary, min_pct: float) -> str | None:
 
 
 def judge(summary: results_pb2.RunSummary, gates: list[tests_pb2.QualityGate], endpoints_planned: int,
-          endpoints_failed: int, completeness_min_pct: float = COMPLETENESS_MIN_PCT) -> tuple[int, list[str]]:
-    """Fills summary.gates; returns (Verdict, reasons for an ERROR or a FAIL, and the generator's
-    overload whatever the verdict)."""
-    verdict, reasons = _judge(summary, gates, endpoints_planned, endpoints_failed, completeness_min_pct)
+          endpoints_failed: int, completeness_min_pct: float = COMPLETENESS_MIN_PCT,
+          baseline: Baseline = NO_BASELINE) -> tuple[int, list[str]]:
+    """Fills summary.gates; returns (Verdict, reasons for an ERROR or a FAIL, the baseline run the
+    relative gates were judged against, and the generator's overload whatever the verdict)."""
+    verdict, reasons = _judge(summary, gates, endpoints_planned, endpoints_failed, completeness_min_pct, baseline)
     return verdict, reasons + load_reasons(summary)
 
 
 def _judge(summary: results_pb2.RunSummary, gates: list[tests_pb2.QualityGate], endpoints_planned: int,
-           endpoints_failed: int, completeness_min_pct: float) -> tuple[int, list[str]]:
+           endpoints_failed: int, completeness_min_pct: float, baseline: Baseline) -> tuple[int, list[str]]:
     del summary.gates[:]
     why_not = nothing_happened(summary, endpoints_planned) or incomplete(summary, completeness_min_pct)
     if why_not is not None:
@@ -122,22 +166,54 @@ def _judge(summary: results_pb2.RunSummary, gates: list[tests_pb2.QualityGate], 
         summary.gates.append(results_pb2.GateResult(gate=DEFAULT_GATE, observed=endpoints_failed, passed=passed))
         reasons = [] if passed else [f"{DEFAULT_GATE}: {endpoints_failed} of {endpoints_planned} endpoints failed"]
         return (runs_pb2.VERDICT_PASS if passed else runs_pb2.VERDICT_FAIL), reasons
-    groups = {group.group: group for group in summary.groups}
     reasons = []
     for gate in gates:
-        text = gate_text(gate)
-        scope = groups.get(gate.group) if gate.group else summary.total
-        read = METRICS.get(gate.metric)
-        value = read(scope) if scope is not None and read is not None else None
-        compare = COMPARISONS.get(gate.comparison)
-        passed = value is not None and compare is not None and compare[1](value, gate.threshold)
+        value = _figure(summary, gate)
+        if is_relative(gate):
+            text, passed, why = _relative(gate, value, baseline)
+        else:
+            text, why = gate_text(gate), ""
+            compare = COMPARISONS.get(gate.comparison)
+            passed = value is not None and compare is not None and compare[1](value, gate.threshold)
         result = results_pb2.GateResult(gate=text, passed=passed)
         if value is not None:
             result.observed = value
         summary.gates.append(result)
         if not passed:
-            reasons.append(f"{text}: not measured" if value is None else f"{text}: observed {value:.3g}")
-    return (runs_pb2.VERDICT_FAIL if reasons else runs_pb2.VERDICT_PASS), reasons
+            why = why or ("not measured" if value is None else f"observed {value:.3g}")
+            reasons.append(f"{text}: {why}")
+    verdict = runs_pb2.VERDICT_FAIL if reasons else runs_pb2.VERDICT_PASS
+    if baseline.summary is not None and any(is_relative(gate) for gate in gates):
+        reasons.append(f"baseline: run {baseline.run_id}" + (f" ({baseline.chosen})" if baseline.chosen else ""))
+    return verdict, reasons
+
+
+def _figure(summary: results_pb2.RunSummary, gate: tests_pb2.QualityGate) -> float | None:
+    """The gate's metric in the summary, for its group or the whole run; None when not measured."""
+    scope = next((g for g in summary.groups if g.group == gate.group), None) if gate.group else summary.total
+    read = METRICS.get(gate.metric)
+    return read(scope) if scope is not None and read is not None else None
+
+
+def _relative(gate: tests_pb2.QualityGate, value: float | None, baseline: Baseline) -> tuple[str, bool, str]:
+    """(the gate's text, whether it held, why not) of a gate relative to the baseline run."""
+    if baseline.summary is None:
+        return gate_text(gate), False, baseline.missing
+    base = _figure(baseline.summary, gate)
+    if base is None:
+        return gate_text(gate), False, f"not measured in baseline run {baseline.run_id}"
+    if value is None:
+        return gate_text(gate, base), False, "not measured"
+    kind = gate.baseline.WhichOneof("limit") or ""
+    change = value - base
+    in_pct = kind.endswith("_pct") and base != 0
+    shown = round(100 * change / abs(base), 1) if in_pct else round(change, 3)
+    shown_text = (f"{shown:+g}" if shown else "0") + (" %" if in_pct else "")
+    moved = -change if kind.startswith("max_drop") else change  # toward the side the gate limits
+    limit = getattr(gate.baseline, kind) if kind else 0.0
+    allowed = limit * abs(base) / 100 if kind.endswith("_pct") else limit
+    passed = bool(kind) and (moved <= allowed or math.isclose(moved, allowed, rel_tol=1e-9, abs_tol=1e-12))
+    return gate_text(gate, base, shown_text), passed, ""
 
 
 def observed_text(gate: results_pb2.GateResult) -> str:

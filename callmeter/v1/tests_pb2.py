@@ -28,53 +28,55 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61llmeter/v1/tests.proto\x12\x0c\x63\x61llmeter.v1\x1a\x19\x63\x61llmeter/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x01\n\x08TestSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\x06groups\x18\x03 \x03(\x0b\x32\x1b.callmeter.v1.EndpointGroup\x12(\n\x05gates\x18\x04 \x03(\x0b\x32\x19.callmeter.v1.QualityGate\x12,\n\x0fworker_selector\x18\x05 \x03(\x0b\x32\x13.callmeter.v1.Label\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xaa\x03\n\rEndpointGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12(\n\x04role\x18\x03 \x01(\x0e\x32\x1a.callmeter.v1.EndpointRole\x12\'\n\x06target\x18\x04 \x01(\x0b\x32\x17.callmeter.v1.SipTarget\x12*\n\ttransport\x18\x05 \x01(\x0e\x32\x17.callmeter.v1.Transport\x12\x16\n\x0e\x63redential_ref\x18\x06 \x01(\t\x12\x0e\n\x06\x63odecs\x18\x07 \x03(\t\x12(\n\x05media\x18\x08 \x01(\x0b\x32\x19.callmeter.v1.MediaSource\x12$\n\x04srtp\x18\t \x01(\x0e\x32\x16.callmeter.v1.SrtpMode\x12-\n\x0bsrtp_keying\x18\n \x01(\x0e\x32\x18.callmeter.v1.SrtpKeying\x12(\n\x08scenario\x18\x0b \x01(\x0b\x32\x16.callmeter.v1.Scenario\x12,\n\x0fworker_selector\x18\x0c \x03(\x0b\x32\x13.callmeter.v1.Label\"u\n\tSipTarget\x12\x11\n\tregistrar\x18\x01 \x01(\t\x12\r\n\x05proxy\x18\x02 \x01(\t\x12\x0b\n\x03\x61or\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61ll_uri\x18\x04 \x01(\t\x12\x14\n\x0cnumber_start\x18\x05 \x01(\x03\x12\x11\n\tauth_user\x18\x06 \x01(\t\"O\n\x0bMediaSource\x12\x12\n\x08wav_path\x18\x01 \x01(\tH\x00\x12\"\n\x04tone\x18\x02 \x01(\x0b\x32\x12.callmeter.v1.ToneH\x00\x42\x08\n\x06source\"\x1c\n\x04Tone\x12\x14\n\x0c\x66requency_hz\x18\x01 \x01(\x05\"\xea\x03\n\x08Scenario\x12\x32\n\x0fregister_expiry\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13reregister_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11unregister_at_end\x18\x03 \x01(\x08\x12/\n\x0c\x61nswer_delay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0breject_code\x18\x05 \x01(\x05\x12\x30\n\rcall_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cring_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0brepetitions\x18\x08 \x01(\x05\x12\x36\n\x13pause_between_calls\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rramp_rate_cps\x18\n \x01(\x01\x12$\n\x04hold\x18\x0b \x01(\x0b\x32\x16.callmeter.v1.HoldStep\x12$\n\x04\x64tmf\x18\x0c \x01(\x0b\x32\x16.callmeter.v1.DtmfStep\"a\n\x08HoldStep\x12(\n\x05\x61\x66ter\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"n\n\x08\x44tmfStep\x12(\n\x05\x61\x66ter\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06\x64igits\x18\x02 \x01(\t\x12(\n\x06method\x18\x03 \x01(\x0e\x32\x18.callmeter.v1.DtmfMethod\"m\n\x0bQualityGate\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12,\n\ncomparison\x18\x02 \x01(\x0e\x32\x18.callmeter.v1.Comparison\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\r\n\x05group\x18\x04 \x01(\t\"\xcf\x01\n\x04Test\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12$\n\x04spec\x18\x04 \x01(\x0b\x32\x16.callmeter.v1.TestSpec\x12\x10\n\x08\x61rchived\x18\x05 \x01(\x08\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\x11\x43reateTestRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.callmeter.v1.TestSpec\"J\n\x11UpdateTestRequest\x12\x0f\n\x07test_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.callmeter.v1.TestSpec\"2\n\x0eGetTestRequest\x12\x0f\n\x07test_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"i\n\x10ListTestsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x18\n\x10include_archived\x18\x02 \x01(\x08\x12\'\n\x04page\x18\x03 \x01(\x0b\x32\x19.callmeter.v1.PageRequest\"`\n\x11ListTestsResponse\x12!\n\x05tests\x18\x01 \x03(\x0b\x32\x12.callmeter.v1.Test\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.PageResponse\"$\n\x11\x44\x65leteTestRequest\x12\x0f\n\x07test_id\x18\x01 \x01(\t\"&\n\x12\x44\x65leteTestResponse\x12\x10\n\x08\x61rchived\x18\x01 \x01(\x08\"O\n\x13ValidateTestRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.callmeter.v1.TestSpec\"H\n\x14ValidateTestResponse\x12\x30\n\nviolations\x18\x01 \x03(\x0b\x32\x1c.callmeter.v1.FieldViolation*\x87\x01\n\nComparison\x12\x1a\n\x16\x43OMPARISON_UNSPECIFIED\x10\x00\x12\x11\n\rCOMPARISON_LT\x10\x01\x12\x11\n\rCOMPARISON_LE\x10\x02\x12\x11\n\rCOMPARISON_GT\x10\x03\x12\x11\n\rCOMPARISON_GE\x10\x04\x12\x11\n\rCOMPARISON_EQ\x10\x05\x32\xc6\x03\n\x0bTestService\x12\x41\n\nCreateTest\x12\x1f.callmeter.v1.CreateTestRequest\x1a\x12.callmeter.v1.Test\x12\x41\n\nUpdateTest\x12\x1f.callmeter.v1.UpdateTestRequest\x1a\x12.callmeter.v1.Test\x12;\n\x07GetTest\x12\x1c.callmeter.v1.GetTestRequest\x1a\x12.callmeter.v1.Test\x12L\n\tListTests\x12\x1e.callmeter.v1.ListTestsRequest\x1a\x1f.callmeter.v1.ListTestsResponse\x12O\n\nDeleteTest\x12\x1f.callmeter.v1.DeleteTestRequest\x1a .callmeter.v1.DeleteTestResponse\x12U\n\x0cValidateTest\x12!.callmeter.v1.ValidateTestRequest\x1a\".callmeter.v1.ValidateTestResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61llmeter/v1/tests.proto\x12\x0c\x63\x61llmeter.v1\x1a\x19\x63\x61llmeter/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x01\n\x08TestSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\x06groups\x18\x03 \x03(\x0b\x32\x1b.callmeter.v1.EndpointGroup\x12(\n\x05gates\x18\x04 \x03(\x0b\x32\x19.callmeter.v1.QualityGate\x12,\n\x0fworker_selector\x18\x05 \x03(\x0b\x32\x13.callmeter.v1.Label\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08\x62\x61seline\x18\x07 \x01(\t\"\xaa\x03\n\rEndpointGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12(\n\x04role\x18\x03 \x01(\x0e\x32\x1a.callmeter.v1.EndpointRole\x12\'\n\x06target\x18\x04 \x01(\x0b\x32\x17.callmeter.v1.SipTarget\x12*\n\ttransport\x18\x05 \x01(\x0e\x32\x17.callmeter.v1.Transport\x12\x16\n\x0e\x63redential_ref\x18\x06 \x01(\t\x12\x0e\n\x06\x63odecs\x18\x07 \x03(\t\x12(\n\x05media\x18\x08 \x01(\x0b\x32\x19.callmeter.v1.MediaSource\x12$\n\x04srtp\x18\t \x01(\x0e\x32\x16.callmeter.v1.SrtpMode\x12-\n\x0bsrtp_keying\x18\n \x01(\x0e\x32\x18.callmeter.v1.SrtpKeying\x12(\n\x08scenario\x18\x0b \x01(\x0b\x32\x16.callmeter.v1.Scenario\x12,\n\x0fworker_selector\x18\x0c \x03(\x0b\x32\x13.callmeter.v1.Label\"u\n\tSipTarget\x12\x11\n\tregistrar\x18\x01 \x01(\t\x12\r\n\x05proxy\x18\x02 \x01(\t\x12\x0b\n\x03\x61or\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61ll_uri\x18\x04 \x01(\t\x12\x14\n\x0cnumber_start\x18\x05 \x01(\x03\x12\x11\n\tauth_user\x18\x06 \x01(\t\"O\n\x0bMediaSource\x12\x12\n\x08wav_path\x18\x01 \x01(\tH\x00\x12\"\n\x04tone\x18\x02 \x01(\x0b\x32\x12.callmeter.v1.ToneH\x00\x42\x08\n\x06source\"\x1c\n\x04Tone\x12\x14\n\x0c\x66requency_hz\x18\x01 \x01(\x05\"\xea\x03\n\x08Scenario\x12\x32\n\x0fregister_expiry\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13reregister_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11unregister_at_end\x18\x03 \x01(\x08\x12/\n\x0c\x61nswer_delay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0breject_code\x18\x05 \x01(\x05\x12\x30\n\rcall_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cring_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0brepetitions\x18\x08 \x01(\x05\x12\x36\n\x13pause_between_calls\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rramp_rate_cps\x18\n \x01(\x01\x12$\n\x04hold\x18\x0b \x01(\x0b\x32\x16.callmeter.v1.HoldStep\x12$\n\x04\x64tmf\x18\x0c \x01(\x0b\x32\x16.callmeter.v1.DtmfStep\"a\n\x08HoldStep\x12(\n\x05\x61\x66ter\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"n\n\x08\x44tmfStep\x12(\n\x05\x61\x66ter\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06\x64igits\x18\x02 \x01(\t\x12(\n\x06method\x18\x03 \x01(\x0e\x32\x18.callmeter.v1.DtmfMethod\"\x9c\x01\n\x0bQualityGate\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12,\n\ncomparison\x18\x02 \x01(\x0e\x32\x18.callmeter.v1.Comparison\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\r\n\x05group\x18\x04 \x01(\t\x12-\n\x08\x62\x61seline\x18\x05 \x01(\x0b\x32\x1b.callmeter.v1.BaselineLimit\"p\n\rBaselineLimit\x12\x12\n\x08max_drop\x18\x01 \x01(\x01H\x00\x12\x16\n\x0cmax_drop_pct\x18\x02 \x01(\x01H\x00\x12\x12\n\x08max_rise\x18\x03 \x01(\x01H\x00\x12\x16\n\x0cmax_rise_pct\x18\x04 \x01(\x01H\x00\x42\x07\n\x05limit\"\xcf\x01\n\x04Test\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12$\n\x04spec\x18\x04 \x01(\x0b\x32\x16.callmeter.v1.TestSpec\x12\x10\n\x08\x61rchived\x18\x05 \x01(\x08\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\x11\x43reateTestRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.callmeter.v1.TestSpec\"J\n\x11UpdateTestRequest\x12\x0f\n\x07test_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.callmeter.v1.TestSpec\"2\n\x0eGetTestRequest\x12\x0f\n\x07test_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"i\n\x10ListTestsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x18\n\x10include_archived\x18\x02 \x01(\x08\x12\'\n\x04page\x18\x03 \x01(\x0b\x32\x19.callmeter.v1.PageRequest\"`\n\x11ListTestsResponse\x12!\n\x05tests\x18\x01 \x03(\x0b\x32\x12.callmeter.v1.Test\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.PageResponse\"$\n\x11\x44\x65leteTestRequest\x12\x0f\n\x07test_id\x18\x01 \x01(\t\"&\n\x12\x44\x65leteTestResponse\x12\x10\n\x08\x61rchived\x18\x01 \x01(\x08\"O\n\x13ValidateTestRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.callmeter.v1.TestSpec\"H\n\x14ValidateTestResponse\x12\x30\n\nviolations\x18\x01 \x03(\x0b\x32\x1c.callmeter.v1.FieldViolation*\x87\x01\n\nComparison\x12\x1a\n\x16\x43OMPARISON_UNSPECIFIED\x10\x00\x12\x11\n\rCOMPARISON_LT\x10\x01\x12\x11\n\rCOMPARISON_LE\x10\x02\x12\x11\n\rCOMPARISON_GT\x10\x03\x12\x11\n\rCOMPARISON_GE\x10\x04\x12\x11\n\rCOMPARISON_EQ\x10\x05\x32\xc6\x03\n\x0bTestService\x12\x41\n\nCreateTest\x12\x1f.callmeter.v1.CreateTestRequest\x1a\x12.callmeter.v1.Test\x12\x41\n\nUpdateTest\x12\x1f.callmeter.v1.UpdateTestRequest\x1a\x12.callmeter.v1.Test\x12;\n\x07GetTest\x12\x1c.callmeter.v1.GetTestRequest\x1a\x12.callmeter.v1.Test\x12L\n\tListTests\x12\x1e.callmeter.v1.ListTestsRequest\x1a\x1f.callmeter.v1.ListTestsResponse\x12O\n\nDeleteTest\x12\x1f.callmeter.v1.DeleteTestRequest\x1a .callmeter.v1.DeleteTestResponse\x12U\n\x0cValidateTest\x12!.callmeter.v1.ValidateTestRequest\x1a\".callmeter.v1.ValidateTestResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'callmeter.v1.tests_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMPARISON']._serialized_start=2689
-  _globals['_COMPARISON']._serialized_end=2824
+  _globals['_COMPARISON']._serialized_start=2869
+  _globals['_COMPARISON']._serialized_end=3004
   _globals['_TESTSPEC']._serialized_start=135
-  _globals['_TESTSPEC']._serialized_end=357
-  _globals['_ENDPOINTGROUP']._serialized_start=360
-  _globals['_ENDPOINTGROUP']._serialized_end=786
-  _globals['_SIPTARGET']._serialized_start=788
-  _globals['_SIPTARGET']._serialized_end=905
-  _globals['_MEDIASOURCE']._serialized_start=907
-  _globals['_MEDIASOURCE']._serialized_end=986
-  _globals['_TONE']._serialized_start=988
-  _globals['_TONE']._serialized_end=1016
-  _globals['_SCENARIO']._serialized_start=1019
-  _globals['_SCENARIO']._serialized_end=1509
-  _globals['_HOLDSTEP']._serialized_start=1511
-  _globals['_HOLDSTEP']._serialized_end=1608
-  _globals['_DTMFSTEP']._serialized_start=1610
-  _globals['_DTMFSTEP']._serialized_end=1720
-  _globals['_QUALITYGATE']._serialized_start=1722
-  _globals['_QUALITYGATE']._serialized_end=1831
-  _globals['_TEST']._serialized_start=1834
-  _globals['_TEST']._serialized_end=2041
-  _globals['_CREATETESTREQUEST']._serialized_start=2043
-  _globals['_CREATETESTREQUEST']._serialized_end=2120
-  _globals['_UPDATETESTREQUEST']._serialized_start=2122
-  _globals['_UPDATETESTREQUEST']._serialized_end=2196
-  _globals['_GETTESTREQUEST']._serialized_start=2198
-  _globals['_GETTESTREQUEST']._serialized_end=2248
-  _globals['_LISTTESTSREQUEST']._serialized_start=2250
-  _globals['_LISTTESTSREQUEST']._serialized_end=2355
-  _globals['_LISTTESTSRESPONSE']._serialized_start=2357
-  _globals['_LISTTESTSRESPONSE']._serialized_end=2453
-  _globals['_DELETETESTREQUEST']._serialized_start=2455
-  _globals['_DELETETESTREQUEST']._serialized_end=2491
-  _globals['_DELETETESTRESPONSE']._serialized_start=2493
-  _globals['_DELETETESTRESPONSE']._serialized_end=2531
-  _globals['_VALIDATETESTREQUEST']._serialized_start=2533
-  _globals['_VALIDATETESTREQUEST']._serialized_end=2612
-  _globals['_VALIDATETESTRESPONSE']._serialized_start=2614
-  _globals['_VALIDATETESTRESPONSE']._serialized_end=2686
-  _globals['_TESTSERVICE']._serialized_start=2827
-  _globals['_TESTSERVICE']._serialized_end=3281
+  _globals['_TESTSPEC']._serialized_end=375
+  _globals['_ENDPOINTGROUP']._serialized_start=378
+  _globals['_ENDPOINTGROUP']._serialized_end=804
+  _globals['_SIPTARGET']._serialized_start=806
+  _globals['_SIPTARGET']._serialized_end=923
+  _globals['_MEDIASOURCE']._serialized_start=925
+  _globals['_MEDIASOURCE']._serialized_end=1004
+  _globals['_TONE']._serialized_start=1006
+  _globals['_TONE']._serialized_end=1034
+  _globals['_SCENARIO']._serialized_start=1037
+  _globals['_SCENARIO']._serialized_end=1527
+  _globals['_HOLDSTEP']._serialized_start=1529
+  _globals['_HOLDSTEP']._serialized_end=1626
+  _globals['_DTMFSTEP']._serialized_start=1628
+  _globals['_DTMFSTEP']._serialized_end=1738
+  _globals['_QUALITYGATE']._serialized_start=1741
+  _globals['_QUALITYGATE']._serialized_end=1897
+  _globals['_BASELINELIMIT']._serialized_start=1899
+  _globals['_BASELINELIMIT']._serialized_end=2011
+  _globals['_TEST']._serialized_start=2014
+  _globals['_TEST']._serialized_end=2221
+  _globals['_CREATETESTREQUEST']._serialized_start=2223
+  _globals['_CREATETESTREQUEST']._serialized_end=2300
+  _globals['_UPDATETESTREQUEST']._serialized_start=2302
+  _globals['_UPDATETESTREQUEST']._serialized_end=2376
+  _globals['_GETTESTREQUEST']._serialized_start=2378
+  _globals['_GETTESTREQUEST']._serialized_end=2428
+  _globals['_LISTTESTSREQUEST']._serialized_start=2430
+  _globals['_LISTTESTSREQUEST']._serialized_end=2535
+  _globals['_LISTTESTSRESPONSE']._serialized_start=2537
+  _globals['_LISTTESTSRESPONSE']._serialized_end=2633
+  _globals['_DELETETESTREQUEST']._serialized_start=2635
+  _globals['_DELETETESTREQUEST']._serialized_end=2671
+  _globals['_DELETETESTRESPONSE']._serialized_start=2673
+  _globals['_DELETETESTRESPONSE']._serialized_end=2711
+  _globals['_VALIDATETESTREQUEST']._serialized_start=2713
+  _globals['_VALIDATETESTREQUEST']._serialized_end=2792
+  _globals['_VALIDATETESTRESPONSE']._serialized_start=2794
+  _globals['_VALIDATETESTRESPONSE']._serialized_end=2866
+  _globals['_TESTSERVICE']._serialized_start=3007
+  _globals['_TESTSERVICE']._serialized_end=3461
 # @@protoc_insertion_point(module_scope)

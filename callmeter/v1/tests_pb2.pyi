@@ -29,20 +29,22 @@ COMPARISON_GE: Comparison
 COMPARISON_EQ: Comparison
 
 class TestSpec(_message.Message):
-    __slots__ = ("name", "description", "groups", "gates", "worker_selector", "timeout")
+    __slots__ = ("name", "description", "groups", "gates", "worker_selector", "timeout", "baseline")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     GATES_FIELD_NUMBER: _ClassVar[int]
     WORKER_SELECTOR_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     groups: _containers.RepeatedCompositeFieldContainer[EndpointGroup]
     gates: _containers.RepeatedCompositeFieldContainer[QualityGate]
     worker_selector: _containers.RepeatedCompositeFieldContainer[_common_pb2.Label]
     timeout: _duration_pb2.Duration
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[EndpointGroup, _Mapping]]] = ..., gates: _Optional[_Iterable[_Union[QualityGate, _Mapping]]] = ..., worker_selector: _Optional[_Iterable[_Union[_common_pb2.Label, _Mapping]]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    baseline: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[EndpointGroup, _Mapping]]] = ..., gates: _Optional[_Iterable[_Union[QualityGate, _Mapping]]] = ..., worker_selector: _Optional[_Iterable[_Union[_common_pb2.Label, _Mapping]]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., baseline: _Optional[str] = ...) -> None: ...
 
 class EndpointGroup(_message.Message):
     __slots__ = ("name", "count", "role", "target", "transport", "credential_ref", "codecs", "media", "srtp", "srtp_keying", "scenario", "worker_selector")
@@ -149,16 +151,30 @@ class DtmfStep(_message.Message):
     def __init__(self, after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., digits: _Optional[str] = ..., method: _Optional[_Union[_common_pb2.DtmfMethod, str]] = ...) -> None: ...
 
 class QualityGate(_message.Message):
-    __slots__ = ("metric", "comparison", "threshold", "group")
+    __slots__ = ("metric", "comparison", "threshold", "group", "baseline")
     METRIC_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
     metric: str
     comparison: Comparison
     threshold: float
     group: str
-    def __init__(self, metric: _Optional[str] = ..., comparison: _Optional[_Union[Comparison, str]] = ..., threshold: _Optional[float] = ..., group: _Optional[str] = ...) -> None: ...
+    baseline: BaselineLimit
+    def __init__(self, metric: _Optional[str] = ..., comparison: _Optional[_Union[Comparison, str]] = ..., threshold: _Optional[float] = ..., group: _Optional[str] = ..., baseline: _Optional[_Union[BaselineLimit, _Mapping]] = ...) -> None: ...
+
+class BaselineLimit(_message.Message):
+    __slots__ = ("max_drop", "max_drop_pct", "max_rise", "max_rise_pct")
+    MAX_DROP_FIELD_NUMBER: _ClassVar[int]
+    MAX_DROP_PCT_FIELD_NUMBER: _ClassVar[int]
+    MAX_RISE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RISE_PCT_FIELD_NUMBER: _ClassVar[int]
+    max_drop: float
+    max_drop_pct: float
+    max_rise: float
+    max_rise_pct: float
+    def __init__(self, max_drop: _Optional[float] = ..., max_drop_pct: _Optional[float] = ..., max_rise: _Optional[float] = ..., max_rise_pct: _Optional[float] = ...) -> None: ...
 
 class Test(_message.Message):
     __slots__ = ("id", "project_id", "version", "spec", "archived", "created_at", "updated_at")

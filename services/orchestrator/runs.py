@@ -20,11 +20,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from callmeter.common.errors import CallmeterError, ErrorCode
-from callmeter.common import outcomes
+from callmeter.common import enum_words, outcomes
 from callmeter.common.outcomes import call_map, outcome_text, outcome_word
 from callmeter.common.run_states import RUN_ENDED
 from callmeter.common.start_waves import awaited_groups, has_registered, wait_reason
-from callmeter.common.verdict import COMPLETENESS_MIN_PCT, judge
+from callmeter.common.verdict import COMPLETENESS_MIN_PCT, LAST_PASS, NO_BASELINE, Baseline, is_relative, judge
 from callmeter.state.convert import run_to_proto
 from callmeter.state.models import Run, RunPlacement, TestVersion, Worker, utcnow
 from callmeter.v1 import common_pb2, results_pb2, runs_pb2, tests_pb2, workers_pb2
@@ -332,8 +332,9 @@ def _lost(worker: Worker | None, now: datetime, lost_after_s: float) -> bool:
 def finish(sessions: sessionmaker[Session], run_id: str, summary: results_pb2.RunSummary, give_up: bool,
            completeness_min_pct: float = COMPLETENESS_MIN_PCT) -> str | None:
     """Stores the summary with its completeness; a collecting run gets its verdict
-    (callmeter/common/verdict.py) and FINISHED, or FAILED when it cannot be judged (nothing ran,
-    nothing was attempted, results incomplete).
+    (callmeter/common/verdict.py; gates relative to a baseline against the baseline run stored
+    here, ``_baseline``) and FINISHED, or FAILED when it cannot be judged (nothing ran, nothing was
+    attempted, results incomplete).
 
     Returns what is still awaited (a worker's end of its part, samples sent but not stored yet), or
     None. While something is awaited and ``give_up`` is false, nothing is stored: the caller reads
@@ -353,13 +354,38 @@ def finish(sessions: sessionmaker[Session], run_id: str, summary: results_pb2.Ru
         if run.state == RUN(runs_pb2.RUN_STATE_COLLECTING):
             spec = _spec(session, run)
             planned = sum(p.count for p in placements)
+            baseline = _baseline(session, run, spec.baseline) if any(map(is_relative, spec.gates)) else NO_BASELINE
             verdict, reasons = judge(summary, list(spec.gates), planned, summary.total.endpoints_failed,
-                                     completeness_min_pct)
+                                     completeness_min_pct, baseline)
             ended = runs_pb2.RUN_STATE_FAILED if verdict == runs_pb2.VERDICT_ERROR else runs_pb2.RUN_STATE_FINISHED
             run.state, run.verdict = RUN(ended), runs_pb2.Verdict.Name(verdict)
             run.reasons = [*run.reasons, *reasons, *error_reasons(placements, summary)]
         run.summary = summary.SerializeToString()
         return awaited
+
+
+def _baseline(session: Session, run: Run, wanted: str) -> Baseline:
+    """The run that the test's relative gates compare with (TestSpec.baseline), with its stored
+    summary: for last-pass the newest run of the same test created before this one that FINISHED
+    with a PASS; else the run of that id, if it is a finished run of the same test."""
+    finished = RUN(runs_pb2.RUN_STATE_FINISHED)
+    if wanted == LAST_PASS:
+        found = session.scalars(sa.select(Run).where(
+            Run.test_id == run.test_id, Run.id != run.id, Run.created_at < run.created_at, Run.state == finished,
+            Run.verdict == runs_pb2.Verdict.Name(runs_pb2.VERDICT_PASS), Run.summary.is_not(None))
+            .order_by(Run.created_at.desc(), Run.id.desc()).limit(1)).first()
+        if found is None:
+            return Baseline(missing="no baseline run: no earlier run of this test finished with a PASS")
+        chosen = "last-pass: the newest earlier run of this test that passed"
+    else:
+        found = session.get(Run, wanted) if wanted else None
+        if found is None or found.test_id != run.test_id or found.id == run.id:
+            return Baseline(missing=f"no baseline run: no run {wanted!r} of this test")
+        if found.state != finished or found.summary is None:
+            state = enum_words.word(runs_pb2.RunState, runs_pb2.RunState.Value(found.state))
+            return Baseline(missing=f"no baseline run: run {wanted} is {state}, not finished")
+        chosen = ""
+    return Baseline(found.id, results_pb2.RunSummary.FromString(found.summary), chosen=chosen)
 
 
 def _lost_by_platform(placement: RunPlacement) -> bool:

@@ -72,7 +72,7 @@ from callmeter.common.start_waves import (
     wait_reason,
 )
 from callmeter.common.testspec import SpecError, load_spec_file, problem_lines, violation
-from callmeter.common.verdict import judge, measured
+from callmeter.common.verdict import LOCAL_MODE, judge, measured
 from callmeter.v1 import common_pb2, results_pb2, runs_pb2, tests_pb2, workers_pb2
 from services.worker.engines import probe_engine
 from services.worker.execution import RunExecution
@@ -296,7 +296,7 @@ class Verdict:
 def judge_run(spec: tests_pb2.TestSpec, summary: results_pb2.RunSummary) -> Verdict:
     """The platform's verdict on the summary (fills summary.gates; the default gate without gates)."""
     planned = sum(group.count for group in spec.groups)
-    verdict, reasons = judge(summary, list(spec.gates), planned, summary.total.endpoints_failed)
+    verdict, reasons = judge(summary, list(spec.gates), planned, summary.total.endpoints_failed, baseline=LOCAL_MODE)
     return Verdict(word(runs_pb2.Verdict, verdict), reasons)
 
 

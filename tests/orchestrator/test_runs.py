@@ -526,3 +526,111 @@ def test_a_status_of_a_part_the_platform_has_ended_asks_for_its_cancel(sessions:
     assert stray(workers_pb2.ASSIGNMENT_STATE_CANCELLED) == [], "the worker has stopped it"
     assert stray(workers_pb2.ASSIGNMENT_STATE_ACCEPTED, "never-placed") == [(worker_id, "never-placed")]
     assert {p.state for p in placements(sessions, run_id)} == {"ASSIGNMENT_STATE_CANCELLED"}
+
+
+# Baselines (docs/verdict.md): a test's gates relative to an earlier run of the same test.
+RELATIVE = tests_pb2.TestSpec(name=SPEC.name, groups=SPEC.groups, baseline="last-pass", gates=[
+    *SPEC.gates, tests_pb2.QualityGate(metric="mos_avg", baseline=tests_pb2.BaselineLimit(max_drop=0.1))])
+
+
+def add_run(sessions: sessionmaker[Session], spec: tests_pb2.TestSpec, test_id: str = "") -> tuple[str, str]:
+    """A QUEUED run of ``spec`` stored as the next version of the test (of a new test without
+    ``test_id``): (test id, run id). Runs are created in the order of the calls."""
+    boot = bootstrap_local(sessions.kw["bind"], existing_worker_token=None)
+    with sessions.begin() as session:
+        if not test_id:
+            test = Test(project_id=boot.project_id, name=f"b{utcnow().timestamp()}", current_version=0)
+            session.add(test)
+            session.flush()
+            test_id = test.id
+        test = session.get_one(Test, test_id)
+        test.current_version += 1
+        session.add(TestVersion(test_id=test_id, version=test.current_version, spec=spec.SerializeToString()))
+        session.flush()
+        run = Run(test_id=test_id, test_version=test.current_version, project_id=boot.project_id,
+                  deadline_at=utcnow() + timedelta(seconds=600))
+        session.add(run)
+        session.flush()
+        return test_id, run.id
+
+
+def judged(sessions: sessionmaker[Session], run_id: str, worker_id: str, mos_avg: float) -> Run:
+    """Takes the run through placement, execution and collection to its verdict, as the
+    orchestrator does, with a summary of that MOS."""
+    runs.submit(sessions, run_id)
+    [dispatch] = [d for d in runs.pending_dispatches(sessions) if d.run_id == run_id]
+    runs.mark_delivery(sessions, dispatch, delivered=True)
+    report(sessions, worker_id, workers_pb2.AssignmentStatus(run_id=run_id, state=workers_pb2.ASSIGNMENT_STATE_DONE))
+    runs.advance(sessions, utcnow(), lost_after_s=60, collect_delay_s=0)
+    summary = good_summary(run_id)
+    summary.total.mos_avg = mos_avg
+    assert runs.finish(sessions, run_id, summary, give_up=False) is None
+    return run_row(sessions, run_id)
+
+
+def gates_of(row: Run) -> list[tuple[str, float, bool]]:
+    return [(g.gate, g.observed, g.passed) for g in results_pb2.RunSummary.FromString(row.summary).gates]
+
+
+LAST_PASS_REASON = "baseline: run {} (last-pass: the newest earlier run of this test that passed)"
+
+
+def test_last_pass_is_the_newest_earlier_passing_run_of_the_test(sessions: sessionmaker[Session]) -> None:
+    worker_id = admit(sessions, "w1", max_endpoints=8)
+    test_id, passed = add_run(sessions, SPEC)  # version 1: absolute gates only
+    _, failed = add_run(sessions, SPEC, test_id)
+    _, third = add_run(sessions, RELATIVE, test_id)  # version 2 adds the relative gate
+    _, fourth = add_run(sessions, RELATIVE, test_id)
+    _, elsewhere = add_run(sessions, SPEC)  # another test's run, passing and newer: never a baseline
+    assert judged(sessions, passed, worker_id, mos_avg=4.3).verdict == "VERDICT_PASS"
+    assert judged(sessions, failed, worker_id, mos_avg=3.0).verdict == "VERDICT_FAIL"
+    assert judged(sessions, elsewhere, worker_id, mos_avg=4.6).verdict == "VERDICT_PASS"
+    # The fourth is judged first: its baseline is the first run, the FAIL in between is skipped.
+    row = judged(sessions, fourth, worker_id, mos_avg=4.25)
+    assert (row.state, row.verdict) == ("RUN_STATE_FINISHED", "VERDICT_PASS")
+    assert row.reasons == [LAST_PASS_REASON.format(passed)]
+    assert gates_of(row)[1] == ("mos_avg at most 0.1 below baseline 4.3 (change -0.05)", 4.25, True)
+    # The third passes its absolute gate (4.15 >= 4) but is 0.15 below the first run. The fourth,
+    # a PASS at 4.25 judged before it, was created after it: not its baseline (against it, 4.15 would hold).
+    row = judged(sessions, third, worker_id, mos_avg=4.15)
+    assert (row.state, row.verdict) == ("RUN_STATE_FINISHED", "VERDICT_FAIL")
+    assert row.reasons == ["mos_avg at most 0.1 below baseline 4.3 (change -0.15): observed 4.15",
+                           LAST_PASS_REASON.format(passed)]
+    assert [passed for _, _, passed in gates_of(row)] == [True, False]
+
+
+def test_without_a_baseline_run_the_relative_gate_fails_and_says_why(sessions: sessionmaker[Session]) -> None:
+    worker_id = admit(sessions, "w1", max_endpoints=8)
+    test_id, first = add_run(sessions, RELATIVE)
+    row = judged(sessions, first, worker_id, mos_avg=4.3)
+    assert (row.state, row.verdict) == ("RUN_STATE_FINISHED", "VERDICT_FAIL"), "the first run: not a silent pass"
+    assert row.reasons == ["mos_avg at most 0.1 below the baseline: no baseline run: no earlier run of this test "
+                           "finished with a PASS"]
+    assert gates_of(row) == [("mos_avg >= 4", 4.3, True), ("mos_avg at most 0.1 below the baseline", 4.3, False)]
+
+    other_test, other_run = add_run(sessions, SPEC)
+    assert judged(sessions, other_run, worker_id, mos_avg=4.3).verdict == "VERDICT_PASS"
+    _, still_queued = add_run(sessions, SPEC, test_id)
+    for wanted, why in ((other_run, f"no run {other_run!r} of this test"), ("f" * 32, f"no run {'f' * 32!r} of this test"),
+                        (still_queued, f"run {still_queued} is queued, not finished")):
+        pinned = tests_pb2.TestSpec()
+        pinned.CopyFrom(RELATIVE)
+        pinned.baseline = wanted
+        _, run_id = add_run(sessions, pinned, test_id)
+        row = judged(sessions, run_id, worker_id, mos_avg=4.3)
+        assert row.verdict == "VERDICT_FAIL"
+        assert row.reasons == [f"mos_avg at most 0.1 below the baseline: no baseline run: {why}"], wanted
+
+
+def test_a_baseline_named_by_run_id_is_used_though_it_failed(sessions: sessionmaker[Session]) -> None:
+    worker_id = admit(sessions, "w1", max_endpoints=8)
+    test_id, failed = add_run(sessions, SPEC)
+    assert judged(sessions, failed, worker_id, mos_avg=3.9).verdict == "VERDICT_FAIL"
+    pinned = tests_pb2.TestSpec()
+    pinned.CopyFrom(RELATIVE)
+    pinned.baseline = failed
+    del pinned.gates[0]  # the relative gate only
+    _, run_id = add_run(sessions, pinned, test_id)
+    row = judged(sessions, run_id, worker_id, mos_avg=3.85)
+    assert (row.verdict, row.reasons) == ("VERDICT_PASS", [f"baseline: run {failed}"])
+    assert gates_of(row) == [("mos_avg at most 0.1 below baseline 3.9 (change -0.05)", 3.85, True)]

@@ -65,10 +65,14 @@ DURATION = "google.protobuf.Duration"
 # int64 (which protobuf JSON writes as text), a message set but empty, text YAML would read as a
 # number or a boolean.
 FULL = tests_pb2.TestSpec(
-    name="full", description="two lines:\nyes, really", timeout=Duration(seconds=90),
+    name="full", description="two lines:\nyes, really", timeout=Duration(seconds=90), baseline="last-pass",
     worker_selector=[common_pb2.Label(key="region", value="eu")],
     gates=[tests_pb2.QualityGate(metric="mos_avg", comparison=tests_pb2.COMPARISON_GE, threshold=4.2, group="a"),
-           tests_pb2.QualityGate(metric="calls_failed_pct", comparison=tests_pb2.COMPARISON_EQ)],
+           tests_pb2.QualityGate(metric="calls_failed_pct", comparison=tests_pb2.COMPARISON_EQ),
+           tests_pb2.QualityGate(metric="mos_avg", baseline=tests_pb2.BaselineLimit(max_drop=0.1)),
+           tests_pb2.QualityGate(metric="mos_min", group="a", baseline=tests_pb2.BaselineLimit(max_drop_pct=5)),
+           tests_pb2.QualityGate(metric="setup_ms_p95", baseline=tests_pb2.BaselineLimit(max_rise_pct=20)),
+           tests_pb2.QualityGate(metric="loss_pct", baseline=tests_pb2.BaselineLimit(max_rise=0))],
     groups=[
         tests_pb2.EndpointGroup(
             name="a", count=3, role=common_pb2.ENDPOINT_ROLE_CALLER, transport=common_pb2.TRANSPORT_TLS,
@@ -126,7 +130,8 @@ def test_a_spec_written_as_yaml_reads_back_the_same() -> None:
     assert caller["scenario"]["pause_between_calls"] == "0.000001s" and data["timeout"] == "90s"
     assert caller["target"]["number_start"] == 2**40, "an integer, not text"
     assert data["groups"][1]["scenario"] == {}, "set though empty"
-    assert list(data) == ["name", "description", "groups", "gates", "worker_selector", "timeout"], "the proto's order"
+    assert list(data) == ["name", "description", "groups", "gates", "worker_selector", "timeout",
+                          "baseline"], "the proto's order"
     assert "codecs: [PCMA, PCMU]" in text
 
 
