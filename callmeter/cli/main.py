@@ -46,6 +46,8 @@ def _settings_epilog(module_name: str) -> str:
     lines = ["environment:"]
     for name, field in settings_cls.model_fields.items():
         lines.append(f"  {env_name(settings_cls, name):<34} {_default_text(field)}")
+    if getattr(settings_cls, "HELP_LINES", ()):  # what the service reads besides its settings
+        lines += ["", *settings_cls.HELP_LINES]
     return "\n".join(lines)
 
 

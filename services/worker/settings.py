@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -13,6 +13,19 @@ from callmeter.v1 import common_pb2
 
 
 class WorkerSettings(ProcessSettings):
+    #: What `callmeter worker --help` prints after the settings: what the worker reads besides them
+    #: (the names services/worker/credentials.py reads; tests/test_self_hosted_worker.py checks them).
+    HELP_LINES: ClassVar[tuple[str, ...]] = (
+        "SIP credentials, by a test's credential_ref REF (upper-cased, other characters than letters and",
+        "digits as _), read on this worker before CALLMETER_SECRETS_FILE and never sent to the platform:",
+        "  CALLMETER_CREDENTIAL_<REF>_PASSWORD  its password; may hold {n}, the phone's number",
+        "  CALLMETER_CREDENTIAL_<REF>_USERNAME  its user name (optional; may hold {n})",
+        "  CALLMETER_CREDENTIAL_<REF>_REALM     its realm (optional; \"*\" answers any)",
+        "The secrets file (a password, a {n} pattern, a table of numbers, a CSV file of them):",
+        "docs/engine.md \"Credentials: on the worker only\". A worker on another machine (install,",
+        "environment, systemd unit): docs/self-hosted-worker.md.",
+    )
+
     #: The gateway's host:port (443 in production).
     gateway_address: str = "127.0.0.1:443"
     #: The worker token, created through the API and shown once.
@@ -47,7 +60,8 @@ class WorkerSettings(ProcessSettings):
     rtp_port_min: int = Field(default=10000, ge=1024, le=65535)
     rtp_port_max: int = Field(default=65535, ge=1024, le=65535)
     #: YAML file with SIP credentials by reference name; never sent to the platform.
-    secrets_file: Path | None = None
+    secrets_file: Path | None = Field(default=None, description="none; its format: docs/engine.md "
+                                      "\"Credentials: on the worker only\"")
     #: Engine processes (one pjsua2 stack each) this worker may run at once; unset: as many as this
     #: machine's CPUs and memory carry (services/worker/pool_size.py).
     max_engines: int | None = Field(default=None, ge=1, le=4096,
