@@ -88,7 +88,7 @@ def test_the_optional_credentials_lines_hand_the_worker_its_secrets_file() -> No
 def runnable_unit(tmp_path: Path) -> Path:
     """The unit, options on, starting this venv's callmeter (systemd-analyze checks the command exists)."""
     if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed (Debian's package systemd)")
+        pytest.fail("systemd-analyze is not installed (make system-deps: Debian's package systemd)")
     text = with_optional_lines(UNIT.read_text()).replace("/opt/callmeter/venv/bin/callmeter",
                                                          str(Path(sys.executable).parent / "callmeter"))
     unit = tmp_path / UNIT.name

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs the SIP peers and tools the tests and benchmarks drive, from Debian's packages.
+# Installs the SIP peers and tools the tests and benchmarks drive (systemd for systemd-analyze), from Debian's packages.
 # Idempotent: does nothing when they are present.
 set -euo pipefail
-packages=(sip-tester kamailio)
+packages=(sip-tester kamailio systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
