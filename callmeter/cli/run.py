@@ -275,7 +275,8 @@ def run_json(run: runs_pb2.Run, summary: results_pb2.RunSummary | None) -> dict[
         "reasons": list(run.reasons),
         "total": numbers(summary.total) if has_total else None,  # type: ignore[union-attr]
         "groups": [{"name": g.group, **numbers(g)} for g in (summary.groups if summary is not None else [])],
-        "gates": [{"gate": g.gate, "observed": measured(g, "observed"), "passed": g.passed}
+        "gates": [{"gate": g.gate, "observed": measured(g, "observed"), "baseline": measured(g, "baseline"),
+                   "passed": g.passed}
                   for g in (summary.gates if summary is not None else [])],
         "workers": [load_json(load) for load in (summary.workers if summary is not None else [])],
     }

@@ -107,17 +107,15 @@ def is_relative(gate: tests_pb2.QualityGate) -> bool:
     return gate.HasField("baseline")
 
 
-def gate_text(gate: tests_pb2.QualityGate, baseline_value: float | None = None, change: str = "") -> str:
-    """The gate as written: "mos_avg >= 4", "group callers: loss_pct < 1", "mos_avg at most 0.1
-    below the baseline"; a relative gate with the baseline's value, and the change when it is
-    known: "setup_ms_p95 at most 20 % above baseline 180 (change +30 %)"."""
+def gate_text(gate: tests_pb2.QualityGate) -> str:
+    """The gate as written, the same in every run (JUnit names its testcase so): "mos_avg >= 4",
+    "group callers: loss_pct < 1", "setup_ms_p95 at most 20 % above the baseline"."""
     if is_relative(gate):
         kind = gate.baseline.WhichOneof("limit") or "max_rise"
         amount = getattr(gate.baseline, kind)
         limit = f"{amount:g} %" if kind.endswith("_pct") else f"{amount:g}"
         side = "below" if kind.startswith("max_drop") else "above"
-        base = "the baseline" if baseline_value is None else f"baseline {baseline_value:g}"
-        text = f"{gate.metric} at most {limit} {side} {base}" + (f" (change {change})" if change else "")
+        text = f"{gate.metric} at most {limit} {side} the baseline"
     else:
         symbol = COMPARISONS.get(gate.comparison, ("?", None))[0]
         text = f"{gate.metric} {symbol} {gate.threshold:g}"
@@ -168,16 +166,18 @@ def _judge(summary: results_pb2.RunSummary, gates: list[tests_pb2.QualityGate], 
         return (runs_pb2.VERDICT_PASS if passed else runs_pb2.VERDICT_FAIL), reasons
     reasons = []
     for gate in gates:
-        value = _figure(summary, gate)
+        value, text, base = _figure(summary, gate), gate_text(gate), None
         if is_relative(gate):
-            text, passed, why = _relative(gate, value, baseline)
+            passed, why, base = _relative(gate, value, baseline)
         else:
-            text, why = gate_text(gate), ""
+            why = ""
             compare = COMPARISONS.get(gate.comparison)
             passed = value is not None and compare is not None and compare[1](value, gate.threshold)
         result = results_pb2.GateResult(gate=text, passed=passed)
         if value is not None:
             result.observed = value
+        if base is not None:
+            result.baseline = base
         summary.gates.append(result)
         if not passed:
             why = why or ("not measured" if value is None else f"observed {value:.3g}")
@@ -195,15 +195,16 @@ def _figure(summary: results_pb2.RunSummary, gate: tests_pb2.QualityGate) -> flo
     return read(scope) if scope is not None and read is not None else None
 
 
-def _relative(gate: tests_pb2.QualityGate, value: float | None, baseline: Baseline) -> tuple[str, bool, str]:
-    """(the gate's text, whether it held, why not) of a gate relative to the baseline run."""
+def _relative(gate: tests_pb2.QualityGate, value: float | None,
+              baseline: Baseline) -> tuple[bool, str, float | None]:
+    """(whether it held, why not, the baseline's figure) of a gate relative to the baseline run."""
     if baseline.summary is None:
-        return gate_text(gate), False, baseline.missing
+        return False, baseline.missing, None
     base = _figure(baseline.summary, gate)
     if base is None:
-        return gate_text(gate), False, f"not measured in baseline run {baseline.run_id}"
+        return False, f"not measured in baseline run {baseline.run_id}", None
     if value is None:
-        return gate_text(gate, base), False, "not measured"
+        return False, "not measured", base
     kind = gate.baseline.WhichOneof("limit") or ""
     change = value - base
     in_pct = kind.endswith("_pct") and base != 0
@@ -213,10 +214,12 @@ def _relative(gate: tests_pb2.QualityGate, value: float | None, baseline: Baseli
     limit = getattr(gate.baseline, kind) if kind else 0.0
     allowed = limit * abs(base) / 100 if kind.endswith("_pct") else limit
     passed = bool(kind) and (moved <= allowed or math.isclose(moved, allowed, rel_tol=1e-9, abs_tol=1e-12))
-    return gate_text(gate, base, shown_text), passed, ""
+    return passed, f"observed {value:.3g}, baseline {base:g} (change {shown_text})", base
 
 
 def observed_text(gate: results_pb2.GateResult) -> str:
-    """"observed 4.2" or "not measured", as every output words it."""
-    value = measured(gate, "observed")
-    return "not measured" if value is None else f"observed {value:g}"
+    """"observed 4.2", "observed 4.12 (baseline 4.3)" or "not measured", as every output words it."""
+    value, base = measured(gate, "observed"), measured(gate, "baseline")
+    if value is None:
+        return "not measured"
+    return f"observed {value:g}" + (f" (baseline {base:g})" if base is not None else "")

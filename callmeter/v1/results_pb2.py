@@ -27,7 +27,7 @@ from callmeter.v1 import common_pb2 as callmeter_dot_v1_dot_common__pb2
 from callmeter.v1 import endpoint_metrics_pb2 as callmeter_dot_v1_dot_endpoint__metrics__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61llmeter/v1/results.proto\x12\x0c\x63\x61llmeter.v1\x1a\x19\x63\x61llmeter/v1/common.proto\x1a#callmeter/v1/endpoint_metrics.proto\"q\n\x0e\x45ndpointSample\x12\r\n\x05group\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\x05\x12\x0e\n\x06second\x18\x03 \x01(\x03\x12.\n\x07metrics\x18\x04 \x01(\x0b\x32\x1d.callmeter.v1.EndpointMetrics\"q\n\x0bMetricBatch\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12-\n\x07samples\x18\x04 \x03(\x0b\x32\x1c.callmeter.v1.EndpointSample\"\xd5\x05\n\x0cGroupSummary\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tendpoints\x18\x02 \x01(\x05\x12\x12\n\nregistered\x18\x03 \x01(\x05\x12\x17\n\x0f\x63\x61lls_attempted\x18\x04 \x01(\x03\x12\x17\n\x0f\x63\x61lls_connected\x18\x05 \x01(\x03\x12\x14\n\x0c\x63\x61lls_failed\x18\x06 \x01(\x03\x12H\n\x10\x66\x61ilures_by_code\x18\x07 \x03(\x0b\x32..callmeter.v1.GroupSummary.FailuresByCodeEntry\x12\x14\n\x07mos_avg\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07mos_min\x18\t \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\rjitter_ms_p95\x18\n \x01(\x01H\x02\x88\x01\x01\x12\x15\n\x08loss_pct\x18\x0b \x01(\x01H\x03\x88\x01\x01\x12\x17\n\nrtt_ms_p95\x18\x0c \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0csetup_ms_p95\x18\r \x01(\x01H\x05\x88\x01\x01\x12\x1a\n\x12register_attempted\x18\x0e \x01(\x05\x12\x18\n\x10\x65ndpoint_seconds\x18\x0f \x01(\x03\x12\x1d\n\x10\x63ompleteness_pct\x18\x10 \x01(\x01H\x06\x88\x01\x01\x12\x19\n\x0coverloaded_s\x18\x11 \x01(\x05H\x07\x88\x01\x01\x12,\n\x08outcomes\x18\x12 \x03(\x0b\x32\x1a.callmeter.v1.OutcomeCount\x12\x18\n\x10\x65ndpoints_failed\x18\x13 \x01(\x05\x1a\x35\n\x13\x46\x61iluresByCodeEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\n\n\x08_mos_avgB\n\n\x08_mos_minB\x10\n\x0e_jitter_ms_p95B\x0b\n\t_loss_pctB\r\n\x0b_rtt_ms_p95B\x0f\n\r_setup_ms_p95B\x13\n\x11_completeness_pctB\x0f\n\r_overloaded_s\"c\n\x0cOutcomeCount\x12.\n\x07outcome\x18\x01 \x01(\x0e\x32\x1d.callmeter.v1.EndpointOutcome\x12\x10\n\x08sip_code\x18\x02 \x01(\x05\x12\x11\n\tendpoints\x18\x03 \x01(\x05\"\xc7\x01\n\nRunSummary\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12)\n\x05total\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.GroupSummary\x12*\n\x06groups\x18\x03 \x03(\x0b\x32\x1a.callmeter.v1.GroupSummary\x12\'\n\x05gates\x18\x04 \x03(\x0b\x32\x18.callmeter.v1.GateResult\x12)\n\x07workers\x18\x05 \x03(\x0b\x32\x18.callmeter.v1.WorkerLoad\"\xd2\x01\n\nWorkerLoad\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x14\n\x0coverloaded_s\x18\x02 \x01(\x05\x12\x19\n\x11\x65ngine_lag_ms_max\x18\x03 \x01(\x01\x12\x19\n\x11worker_lag_ms_max\x18\x04 \x01(\x01\x12\x1a\n\x12\x65ngine_cpu_pct_max\x18\x05 \x01(\x01\x12\x18\n\x10\x65ndpoint_seconds\x18\x06 \x01(\x03\x12\x1d\n\x10\x63ompleteness_pct\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\x13\n\x11_completeness_pct\"N\n\nGateResult\x12\x0c\n\x04gate\x18\x01 \x01(\t\x12\x15\n\x08observed\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06passed\x18\x03 \x01(\x08\x42\x0b\n\t_observed\"s\n\rSeriesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\x05\x12\x0e\n\x06step_s\x18\x05 \x01(\x05\x12\x11\n\taggregate\x18\x06 \x01(\t\",\n\x0bSeriesPoint\x12\x0e\n\x06second\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x01\";\n\x0eSeriesResponse\x12)\n\x06points\x18\x01 \x03(\x0b\x32\x19.callmeter.v1.SeriesPoint\"W\n\x13TopEndpointsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x11\n\tascending\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\x05\"?\n\rEndpointValue\x12\r\n\x05group\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\x05\x12\r\n\x05value\x18\x03 \x01(\x01\"F\n\x14TopEndpointsResponse\x12.\n\tendpoints\x18\x01 \x03(\x0b\x32\x1b.callmeter.v1.EndpointValue\">\n\x0cTrendRequest\x12\x0f\n\x07test_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"?\n\nTrendPoint\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nstarted_at\x18\x02 \x01(\x03\x12\r\n\x05value\x18\x03 \x01(\x01\"9\n\rTrendResponse\x12(\n\x06points\x18\x01 \x03(\x0b\x32\x18.callmeter.v1.TrendPoint\"\xcb\x01\n\x11RunSummaryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\x12=\n\x07planned\x18\x03 \x03(\x0b\x32,.callmeter.v1.RunSummaryRequest.PlannedEntry\x12\'\n\x05\x63\x61lls\x18\x04 \x03(\x0b\x32\x18.callmeter.v1.GroupCalls\x1a.\n\x0cPlannedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\",\n\nGroupCalls\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61llee\x18\x02 \x01(\t\"9\n\x14\x45xportSamplesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"<\n\x0bSamplesPage\x12-\n\x07samples\x18\x01 \x03(\x0b\x32\x1c.callmeter.v1.EndpointSample2\x9a\x03\n\x13MetricsQueryService\x12J\n\rGetRunSummary\x12\x1f.callmeter.v1.RunSummaryRequest\x1a\x18.callmeter.v1.RunSummary\x12\x46\n\tGetSeries\x12\x1b.callmeter.v1.SeriesRequest\x1a\x1c.callmeter.v1.SeriesResponse\x12X\n\x0fGetTopEndpoints\x12!.callmeter.v1.TopEndpointsRequest\x1a\".callmeter.v1.TopEndpointsResponse\x12\x43\n\x08GetTrend\x12\x1a.callmeter.v1.TrendRequest\x1a\x1b.callmeter.v1.TrendResponse\x12P\n\rExportSamples\x12\".callmeter.v1.ExportSamplesRequest\x1a\x19.callmeter.v1.SamplesPage0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x61llmeter/v1/results.proto\x12\x0c\x63\x61llmeter.v1\x1a\x19\x63\x61llmeter/v1/common.proto\x1a#callmeter/v1/endpoint_metrics.proto\"q\n\x0e\x45ndpointSample\x12\r\n\x05group\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\x05\x12\x0e\n\x06second\x18\x03 \x01(\x03\x12.\n\x07metrics\x18\x04 \x01(\x0b\x32\x1d.callmeter.v1.EndpointMetrics\"q\n\x0bMetricBatch\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12-\n\x07samples\x18\x04 \x03(\x0b\x32\x1c.callmeter.v1.EndpointSample\"\xd5\x05\n\x0cGroupSummary\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tendpoints\x18\x02 \x01(\x05\x12\x12\n\nregistered\x18\x03 \x01(\x05\x12\x17\n\x0f\x63\x61lls_attempted\x18\x04 \x01(\x03\x12\x17\n\x0f\x63\x61lls_connected\x18\x05 \x01(\x03\x12\x14\n\x0c\x63\x61lls_failed\x18\x06 \x01(\x03\x12H\n\x10\x66\x61ilures_by_code\x18\x07 \x03(\x0b\x32..callmeter.v1.GroupSummary.FailuresByCodeEntry\x12\x14\n\x07mos_avg\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x07mos_min\x18\t \x01(\x01H\x01\x88\x01\x01\x12\x1a\n\rjitter_ms_p95\x18\n \x01(\x01H\x02\x88\x01\x01\x12\x15\n\x08loss_pct\x18\x0b \x01(\x01H\x03\x88\x01\x01\x12\x17\n\nrtt_ms_p95\x18\x0c \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0csetup_ms_p95\x18\r \x01(\x01H\x05\x88\x01\x01\x12\x1a\n\x12register_attempted\x18\x0e \x01(\x05\x12\x18\n\x10\x65ndpoint_seconds\x18\x0f \x01(\x03\x12\x1d\n\x10\x63ompleteness_pct\x18\x10 \x01(\x01H\x06\x88\x01\x01\x12\x19\n\x0coverloaded_s\x18\x11 \x01(\x05H\x07\x88\x01\x01\x12,\n\x08outcomes\x18\x12 \x03(\x0b\x32\x1a.callmeter.v1.OutcomeCount\x12\x18\n\x10\x65ndpoints_failed\x18\x13 \x01(\x05\x1a\x35\n\x13\x46\x61iluresByCodeEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\n\n\x08_mos_avgB\n\n\x08_mos_minB\x10\n\x0e_jitter_ms_p95B\x0b\n\t_loss_pctB\r\n\x0b_rtt_ms_p95B\x0f\n\r_setup_ms_p95B\x13\n\x11_completeness_pctB\x0f\n\r_overloaded_s\"c\n\x0cOutcomeCount\x12.\n\x07outcome\x18\x01 \x01(\x0e\x32\x1d.callmeter.v1.EndpointOutcome\x12\x10\n\x08sip_code\x18\x02 \x01(\x05\x12\x11\n\tendpoints\x18\x03 \x01(\x05\"\xc7\x01\n\nRunSummary\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12)\n\x05total\x18\x02 \x01(\x0b\x32\x1a.callmeter.v1.GroupSummary\x12*\n\x06groups\x18\x03 \x03(\x0b\x32\x1a.callmeter.v1.GroupSummary\x12\'\n\x05gates\x18\x04 \x03(\x0b\x32\x18.callmeter.v1.GateResult\x12)\n\x07workers\x18\x05 \x03(\x0b\x32\x18.callmeter.v1.WorkerLoad\"\xd2\x01\n\nWorkerLoad\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x14\n\x0coverloaded_s\x18\x02 \x01(\x05\x12\x19\n\x11\x65ngine_lag_ms_max\x18\x03 \x01(\x01\x12\x19\n\x11worker_lag_ms_max\x18\x04 \x01(\x01\x12\x1a\n\x12\x65ngine_cpu_pct_max\x18\x05 \x01(\x01\x12\x18\n\x10\x65ndpoint_seconds\x18\x06 \x01(\x03\x12\x1d\n\x10\x63ompleteness_pct\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\x13\n\x11_completeness_pct\"r\n\nGateResult\x12\x0c\n\x04gate\x18\x01 \x01(\t\x12\x15\n\x08observed\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x0e\n\x06passed\x18\x03 \x01(\x08\x12\x15\n\x08\x62\x61seline\x18\x04 \x01(\x01H\x01\x88\x01\x01\x42\x0b\n\t_observedB\x0b\n\t_baseline\"s\n\rSeriesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\x05\x12\x0e\n\x06step_s\x18\x05 \x01(\x05\x12\x11\n\taggregate\x18\x06 \x01(\t\",\n\x0bSeriesPoint\x12\x0e\n\x06second\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x01\";\n\x0eSeriesResponse\x12)\n\x06points\x18\x01 \x03(\x0b\x32\x19.callmeter.v1.SeriesPoint\"W\n\x13TopEndpointsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x11\n\tascending\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\x05\"?\n\rEndpointValue\x12\r\n\x05group\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\x05\x12\r\n\x05value\x18\x03 \x01(\x01\"F\n\x14TopEndpointsResponse\x12.\n\tendpoints\x18\x01 \x03(\x0b\x32\x1b.callmeter.v1.EndpointValue\">\n\x0cTrendRequest\x12\x0f\n\x07test_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"?\n\nTrendPoint\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nstarted_at\x18\x02 \x01(\x03\x12\r\n\x05value\x18\x03 \x01(\x01\"9\n\rTrendResponse\x12(\n\x06points\x18\x01 \x03(\x0b\x32\x18.callmeter.v1.TrendPoint\"\xcb\x01\n\x11RunSummaryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\x12=\n\x07planned\x18\x03 \x03(\x0b\x32,.callmeter.v1.RunSummaryRequest.PlannedEntry\x12\'\n\x05\x63\x61lls\x18\x04 \x03(\x0b\x32\x18.callmeter.v1.GroupCalls\x1a.\n\x0cPlannedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\",\n\nGroupCalls\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61llee\x18\x02 \x01(\t\"9\n\x14\x45xportSamplesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"<\n\x0bSamplesPage\x12-\n\x07samples\x18\x01 \x03(\x0b\x32\x1c.callmeter.v1.EndpointSample2\x9a\x03\n\x13MetricsQueryService\x12J\n\rGetRunSummary\x12\x1f.callmeter.v1.RunSummaryRequest\x1a\x18.callmeter.v1.RunSummary\x12\x46\n\tGetSeries\x12\x1b.callmeter.v1.SeriesRequest\x1a\x1c.callmeter.v1.SeriesResponse\x12X\n\x0fGetTopEndpoints\x12!.callmeter.v1.TopEndpointsRequest\x1a\".callmeter.v1.TopEndpointsResponse\x12\x43\n\x08GetTrend\x12\x1a.callmeter.v1.TrendRequest\x1a\x1b.callmeter.v1.TrendResponse\x12P\n\rExportSamples\x12\".callmeter.v1.ExportSamplesRequest\x1a\x19.callmeter.v1.SamplesPage0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,35 +53,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKERLOAD']._serialized_start=1370
   _globals['_WORKERLOAD']._serialized_end=1580
   _globals['_GATERESULT']._serialized_start=1582
-  _globals['_GATERESULT']._serialized_end=1660
-  _globals['_SERIESREQUEST']._serialized_start=1662
-  _globals['_SERIESREQUEST']._serialized_end=1777
-  _globals['_SERIESPOINT']._serialized_start=1779
-  _globals['_SERIESPOINT']._serialized_end=1823
-  _globals['_SERIESRESPONSE']._serialized_start=1825
-  _globals['_SERIESRESPONSE']._serialized_end=1884
-  _globals['_TOPENDPOINTSREQUEST']._serialized_start=1886
-  _globals['_TOPENDPOINTSREQUEST']._serialized_end=1973
-  _globals['_ENDPOINTVALUE']._serialized_start=1975
-  _globals['_ENDPOINTVALUE']._serialized_end=2038
-  _globals['_TOPENDPOINTSRESPONSE']._serialized_start=2040
-  _globals['_TOPENDPOINTSRESPONSE']._serialized_end=2110
-  _globals['_TRENDREQUEST']._serialized_start=2112
-  _globals['_TRENDREQUEST']._serialized_end=2174
-  _globals['_TRENDPOINT']._serialized_start=2176
-  _globals['_TRENDPOINT']._serialized_end=2239
-  _globals['_TRENDRESPONSE']._serialized_start=2241
-  _globals['_TRENDRESPONSE']._serialized_end=2298
-  _globals['_RUNSUMMARYREQUEST']._serialized_start=2301
-  _globals['_RUNSUMMARYREQUEST']._serialized_end=2504
-  _globals['_RUNSUMMARYREQUEST_PLANNEDENTRY']._serialized_start=2458
-  _globals['_RUNSUMMARYREQUEST_PLANNEDENTRY']._serialized_end=2504
-  _globals['_GROUPCALLS']._serialized_start=2506
-  _globals['_GROUPCALLS']._serialized_end=2550
-  _globals['_EXPORTSAMPLESREQUEST']._serialized_start=2552
-  _globals['_EXPORTSAMPLESREQUEST']._serialized_end=2609
-  _globals['_SAMPLESPAGE']._serialized_start=2611
-  _globals['_SAMPLESPAGE']._serialized_end=2671
-  _globals['_METRICSQUERYSERVICE']._serialized_start=2674
-  _globals['_METRICSQUERYSERVICE']._serialized_end=3084
+  _globals['_GATERESULT']._serialized_end=1696
+  _globals['_SERIESREQUEST']._serialized_start=1698
+  _globals['_SERIESREQUEST']._serialized_end=1813
+  _globals['_SERIESPOINT']._serialized_start=1815
+  _globals['_SERIESPOINT']._serialized_end=1859
+  _globals['_SERIESRESPONSE']._serialized_start=1861
+  _globals['_SERIESRESPONSE']._serialized_end=1920
+  _globals['_TOPENDPOINTSREQUEST']._serialized_start=1922
+  _globals['_TOPENDPOINTSREQUEST']._serialized_end=2009
+  _globals['_ENDPOINTVALUE']._serialized_start=2011
+  _globals['_ENDPOINTVALUE']._serialized_end=2074
+  _globals['_TOPENDPOINTSRESPONSE']._serialized_start=2076
+  _globals['_TOPENDPOINTSRESPONSE']._serialized_end=2146
+  _globals['_TRENDREQUEST']._serialized_start=2148
+  _globals['_TRENDREQUEST']._serialized_end=2210
+  _globals['_TRENDPOINT']._serialized_start=2212
+  _globals['_TRENDPOINT']._serialized_end=2275
+  _globals['_TRENDRESPONSE']._serialized_start=2277
+  _globals['_TRENDRESPONSE']._serialized_end=2334
+  _globals['_RUNSUMMARYREQUEST']._serialized_start=2337
+  _globals['_RUNSUMMARYREQUEST']._serialized_end=2540
+  _globals['_RUNSUMMARYREQUEST_PLANNEDENTRY']._serialized_start=2494
+  _globals['_RUNSUMMARYREQUEST_PLANNEDENTRY']._serialized_end=2540
+  _globals['_GROUPCALLS']._serialized_start=2542
+  _globals['_GROUPCALLS']._serialized_end=2586
+  _globals['_EXPORTSAMPLESREQUEST']._serialized_start=2588
+  _globals['_EXPORTSAMPLESREQUEST']._serialized_end=2645
+  _globals['_SAMPLESPAGE']._serialized_start=2647
+  _globals['_SAMPLESPAGE']._serialized_end=2707
+  _globals['_METRICSQUERYSERVICE']._serialized_start=2710
+  _globals['_METRICSQUERYSERVICE']._serialized_end=3120
 # @@protoc_insertion_point(module_scope)

@@ -125,14 +125,16 @@ class WorkerLoad(_message.Message):
     def __init__(self, worker: _Optional[str] = ..., overloaded_s: _Optional[int] = ..., engine_lag_ms_max: _Optional[float] = ..., worker_lag_ms_max: _Optional[float] = ..., engine_cpu_pct_max: _Optional[float] = ..., endpoint_seconds: _Optional[int] = ..., completeness_pct: _Optional[float] = ...) -> None: ...
 
 class GateResult(_message.Message):
-    __slots__ = ("gate", "observed", "passed")
+    __slots__ = ("gate", "observed", "passed", "baseline")
     GATE_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_FIELD_NUMBER: _ClassVar[int]
     PASSED_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
     gate: str
     observed: float
     passed: bool
-    def __init__(self, gate: _Optional[str] = ..., observed: _Optional[float] = ..., passed: _Optional[bool] = ...) -> None: ...
+    baseline: float
+    def __init__(self, gate: _Optional[str] = ..., observed: _Optional[float] = ..., passed: _Optional[bool] = ..., baseline: _Optional[float] = ...) -> None: ...
 
 class SeriesRequest(_message.Message):
     __slots__ = ("run_id", "metric", "group", "endpoint", "step_s", "aggregate")

@@ -38,8 +38,9 @@ def test_json_has_exactly_the_documented_shape() -> None:
     assert (data["run_id"], data["state"], data["verdict"]) == ("r1", "finished", "fail")
     assert data["reasons"] == ["group callers: calls_failed_pct == 0 (observed 5)"]
     assert data["total"] is None, "no total in the summary"
-    assert data["gates"] == [{"gate": "mos_avg >= 4.0", "observed": 4.21, "passed": True},
-                             {"gate": "group callers: calls_failed_pct == 0", "observed": 5.0, "passed": False}]
+    assert data["gates"] == [{"gate": "mos_avg >= 4.0", "observed": 4.21, "baseline": None, "passed": True},
+                             {"gate": "group callers: calls_failed_pct == 0", "observed": 5.0, "baseline": None,
+                              "passed": False}]
     assert data["groups"][0] == {
         "name": "callers", "endpoints": 10, "registered": 10, "register_attempted": 0, "calls_attempted": 20,
         "calls_connected": 19, "calls_failed": 1, "mos_avg": 4.21, "mos_min": 3.5, "jitter_ms_p95": 4.5, "loss_pct": 0.25, "rtt_ms_p95": 12.0,

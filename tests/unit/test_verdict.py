@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from callmeter.common.directions import BETTER, HIGHER_IS_BETTER, LOWER_IS_BETTER, SAME, WORSE, direction
-from callmeter.common.verdict import DEFAULT_GATE, GATE_METRICS, LOCAL_MODE, METRICS, Baseline, judge
+from callmeter.common.verdict import DEFAULT_GATE, GATE_METRICS, LOCAL_MODE, METRICS, Baseline, judge, observed_text
 from callmeter.v1 import results_pb2, runs_pb2, tests_pb2
 
 
@@ -125,14 +125,16 @@ def test_a_drop_within_the_limit_holds_and_one_beyond_it_fails_with_the_baseline
     result = summary(mos_avg=4.25, calls_attempted=10, calls_connected=10)
     verdict, reasons = judge(result, [relative("mos_avg", max_drop=0.1)], 10, 0, baseline=base)
     assert verdict == runs_pb2.VERDICT_PASS
-    assert [(g.gate, g.observed, g.passed) for g in result.gates] == [
-        ("mos_avg at most 0.1 below baseline 4.3 (change -0.05)", 4.25, True)]
+    # The gate's text is the same in every run (JUnit names its testcase so); the baseline's figure beside it.
+    assert [(g.gate, g.observed, g.baseline, g.passed) for g in result.gates] == [
+        ("mos_avg at most 0.1 below the baseline", 4.25, 4.3, True)]
+    assert observed_text(result.gates[0]) == "observed 4.25 (baseline 4.3)"
     assert reasons == [f"baseline: run {'b' * 32} (last-pass: the newest earlier run of this test that passed)"], \
         "the run's reasons name the baseline run, whatever the verdict"
     result = summary(mos_avg=4.12, calls_attempted=10, calls_connected=10)
     verdict, reasons = judge(result, [relative("mos_avg", max_drop=0.1)], 10, 0, baseline=base)
     assert verdict == runs_pb2.VERDICT_FAIL
-    assert reasons[0] == "mos_avg at most 0.1 below baseline 4.3 (change -0.18): observed 4.12"
+    assert reasons[0] == "mos_avg at most 0.1 below the baseline: observed 4.12, baseline 4.3 (change -0.18)"
     assert [(g.observed, g.passed) for g in result.gates] == [(4.12, False)]
     # An absolute threshold of 4.0 would have let both runs pass: the relative gate is what catches it.
     assert judge(summary(mos_avg=4.12, calls_attempted=1), [tests_pb2.QualityGate(
@@ -154,11 +156,12 @@ def test_a_rise_in_percent_of_the_baseline_for_a_group() -> None:
     result.groups[0].setup_ms_p95 = 235.0
     verdict, _ = judge(result, gates, 10, 0, baseline=base)
     assert verdict == runs_pb2.VERDICT_PASS
-    assert result.gates[0].gate == "group callers: setup_ms_p95 at most 20 % above baseline 200 (change +17.5 %)"
+    assert result.gates[0].gate == "group callers: setup_ms_p95 at most 20 % above the baseline"
     result.groups[0].setup_ms_p95 = 260.0
     verdict, reasons = judge(result, gates, 10, 0, baseline=base)
     assert verdict == runs_pb2.VERDICT_FAIL
-    assert reasons[0] == "group callers: setup_ms_p95 at most 20 % above baseline 200 (change +30 %): observed 260"
+    assert reasons[0] == ("group callers: setup_ms_p95 at most 20 % above the baseline: observed 260, baseline 200 "
+                          "(change +30 %)")
     result.groups[0].setup_ms_p95 = 150.0  # better: a rise limit does not mind a drop
     assert judge(result, gates, 10, 0, baseline=base)[0] == runs_pb2.VERDICT_PASS
 
@@ -169,14 +172,14 @@ def test_a_percent_of_a_zero_baseline_allows_no_rise() -> None:
     assert judge(summary(calls_attempted=10, calls_failed=0), gates, 10, 0, baseline=base)[0] == runs_pb2.VERDICT_PASS
     verdict, reasons = judge(summary(calls_attempted=10, calls_failed=1), gates, 10, 0, baseline=base)
     assert verdict == runs_pb2.VERDICT_FAIL
-    assert reasons[0] == "calls_failed_pct at most 50 % above baseline 0 (change +10): observed 10"
+    assert reasons[0] == "calls_failed_pct at most 50 % above the baseline: observed 10, baseline 0 (change +10)"
 
 
 def test_not_measured_in_this_run_or_in_the_baseline_fails_never_as_zero() -> None:
     gates = [relative("mos_avg", max_drop=0.1)]
     result = summary(calls_attempted=3, calls_failed=3)  # no MOS: no call connected
     verdict, reasons = judge(result, gates, 10, 0, baseline=baseline_run(mos_avg=4.3))
-    assert verdict == runs_pb2.VERDICT_FAIL and reasons[0] == "mos_avg at most 0.1 below baseline 4.3: not measured"
+    assert verdict == runs_pb2.VERDICT_FAIL and reasons[0] == "mos_avg at most 0.1 below the baseline: not measured"
     assert not result.gates[0].HasField("observed")
     result = summary(mos_avg=4.3, calls_attempted=3)
     verdict, reasons = judge(result, gates, 10, 0, baseline=baseline_run(calls_attempted=3))
