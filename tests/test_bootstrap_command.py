@@ -55,7 +55,7 @@ def test_the_job_runs_bootstrap_with_the_services_database_secret() -> None:
 def test_the_jobs_lost_token_variant_asks_for_a_new_owner_token() -> None:
     """The comment at the top of the manifest uncomments one line with sed: it must stay a valid Job."""
     text = (K8S / "bootstrap-job.yaml").read_text().replace("# - --new-owner-token", "- --new-owner-token")
-    [job] = [doc for doc in yaml.safe_load_all(text) if doc]
+    [job] = [doc for doc in yaml.safe_load_all(text) if doc and doc["kind"] == "Job"]
 
     args = parser().parse_args(job["spec"]["template"]["spec"]["containers"][0]["args"])
 
