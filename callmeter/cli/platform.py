@@ -12,10 +12,12 @@ Layout of DATA_DIR (reused by the next `up`):
 
 Start order follows dependencies: nats → metrics → orchestrator → gateway → api → worker.
 Stop order is the reverse, each child drained with SIGTERM.
+A child that dies while `up` runs is restarted with backoff (`Backoff`, `Platform.supervise`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -51,12 +53,49 @@ STOP_TIMEOUT_S = 15.0
 
 
 @dataclass
+class Backoff:
+    """Restart delays of one child: ``first_s`` doubling to ``max_s``; a child up for ``stable_s``
+    starts again from ``first_s``; the ``give_up_after``-th quick failure in a row gives up."""
+
+    first_s: float = 1.0
+    max_s: float = 30.0
+    stable_s: float = 60.0
+    give_up_after: int = 5
+    failures: int = 0  # quick failures in a row
+
+    def next_delay(self, uptime_s: float) -> float | None:
+        """Delay before restarting a child that ran ``uptime_s``; None to give up."""
+        if uptime_s >= self.stable_s:
+            self.failures = 0
+        self.failures += 1
+        if self.failures >= self.give_up_after:
+            return None
+        return min(self.first_s * 2 ** (self.failures - 1), self.max_s)
+
+
+class ChildFailing(Exception):
+    """A child died too often in a row; its one-line reason is the message."""
+
+
+@dataclass
 class Child:
     name: str
     process: subprocess.Popen[bytes]
     address: str
     log_file: Path
     ready_file: Path
+    env: dict[str, str]  # as given to _spawn, to restart it alike
+    started_at: float  # time.monotonic() of the spawn
+    backoff: Backoff
+    restart_at: float | None = None  # monotonic time of a scheduled restart
+
+
+def last_log_line(log_file: Path) -> str:
+    try:
+        lines = log_file.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 def rss_bytes(pid: int) -> int:
@@ -71,8 +110,13 @@ def rss_bytes(pid: int) -> int:
 
 class Platform:
     def __init__(self, data_dir: Path, auto_ports: bool = False, with_worker: bool = True,
-                 log_level: str = "info", database_url: str | None = None, new_owner_token: bool = False) -> None:
+                 log_level: str = "info", database_url: str | None = None, new_owner_token: bool = False,
+                 gateway_listen: str | None = None, dev_cert_names: str = "") -> None:
         self.data_dir = data_dir.resolve()
+        #: (host, port) the gateway binds; None: 127.0.0.1 on its usual port.
+        self.gateway_listen = parse_listen(gateway_listen) if gateway_listen else None
+        #: Names and addresses the gateway's development certificate covers besides loopback.
+        self.dev_cert_names = tuple(name.strip() for name in dev_cert_names.split(",") if name.strip())
         self._database_url = database_url  # the embedded SQLite file when None
         self.auto_ports = auto_ports
         self.with_worker = with_worker
@@ -83,6 +127,9 @@ class Platform:
         #: The owner's secret until it has been shown: made now, or kept from a start that failed.
         self.owner_token: str | None = None
         self.started_in_s = 0.0
+        self._nats_backoff = Backoff()
+        self._nats_started_at = 0.0
+        self._nats_restart_at: float | None = None
 
     # -- paths and ports --------------------------------------------------------------
     def _port(self, name: str) -> int:
@@ -96,17 +143,20 @@ class Platform:
     def _check_ports_free(self) -> None:
         """A fixed port in use stops the start before anything is created."""
         ports = [("nats-server", DEFAULT_PORTS["nats"])]
-        ports += [(name, DEFAULT_PORTS[name]) for name in SERVICE_ORDER if name != "worker" or self.with_worker]
+        ports += [(name, DEFAULT_PORTS[name]) for name in SERVICE_ORDER
+                  if (name != "worker" or self.with_worker) and (name != "gateway" or self.gateway_listen is None)]
         ports += [(f"{name} /metrics", port) for name, port in PROMETHEUS_PORTS.items()]
         for what, port in ports:
-            with socket.socket() as sock:
-                # As the services bind: connections of an earlier `up` in TIME_WAIT are no conflict.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError as exc:
-                    raise ConfigError(what, f"cannot listen on port {port} of 127.0.0.1 ({exc.strerror}); "
-                                            "stop what holds it, or pass --auto-ports") from None
+            check_port_free(what, "127.0.0.1", port)
+
+    def _gateway_bind(self) -> tuple[str, int]:
+        """Where the gateway listens: --gateway-listen (a free port for port 0) or 127.0.0.1."""
+        if self.gateway_listen is None:
+            return "127.0.0.1", self._port("gateway")
+        host, port = self.gateway_listen
+        if port != 0:
+            check_port_free("--gateway-listen", host, port)
+        return host, port or free_port_on(host)
 
     @property
     def database_url(self) -> str:
@@ -123,19 +173,25 @@ class Platform:
             self._check_ports_free()
         for sub in ("logs", "run", "secrets"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
-        pki = ensure_dev_pki(self.data_dir / "tls")
+        gateway_host, gateway_port = self._gateway_bind()
+        # The local worker and `up` dial a wildcard bind on loopback; any other address as given.
+        dial_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(gateway_host, gateway_host)
+        pki = ensure_dev_pki(self.data_dir / "tls", gateway_names=(*self.dev_cert_names, dial_host))
         worker_token = self._bootstrap_state()
         self.nats = EmbeddedNats(self.data_dir / "nats", port=self._port("nats"))
         self.nats.start()
+        self._nats_started_at = time.monotonic()
         try:
-            address = {name: f"127.0.0.1:{self._port(name)}" for name in ("metrics", "orchestrator", "gateway", "api")}
+            address = {name: f"127.0.0.1:{self._port(name)}" for name in ("metrics", "orchestrator", "api")}
+            address["gateway"] = join_host_port(dial_host, gateway_port)
             common = {"CALLMETER_NATS_URL": self.nats.url, "CALLMETER_LOG_LEVEL": self.log_level,
                       "CALLMETER_LOG_FORMAT": "json"}
             envs = {
                 "metrics": {"CALLMETER_CLICKHOUSE_URL": f"chdb://{self.data_dir / 'metrics'}"},
                 "orchestrator": {"CALLMETER_DATABASE_URL": self.database_url,
                                  "CALLMETER_METRICS_ADDRESS": address["metrics"]},
-                "gateway": {"CALLMETER_TLS_CERT_FILE": str(pki.server_cert), "CALLMETER_TLS_KEY_FILE": str(pki.server_key),
+                "gateway": {"CALLMETER_GRPC_HOST": gateway_host,
+                            "CALLMETER_TLS_CERT_FILE": str(pki.server_cert), "CALLMETER_TLS_KEY_FILE": str(pki.server_key),
                             "CALLMETER_ORCHESTRATOR_ADDRESS": address["orchestrator"]},
                 "api": {"CALLMETER_DATABASE_URL": self.database_url, "CALLMETER_ORCHESTRATOR_ADDRESS": address["orchestrator"],
                         "CALLMETER_METRICS_ADDRESS": address["metrics"]},
@@ -195,7 +251,7 @@ class Platform:
         self._owner_token_file.unlink(missing_ok=True)
         self.owner_token = None
 
-    def _spawn(self, name: str, env: dict[str, str], address: str) -> Child:
+    def _spawn(self, name: str, env: dict[str, str], address: str, backoff: Backoff | None = None) -> Child:
         ready_file = self.data_dir / "run" / f"{name}.ready"
         ready_file.unlink(missing_ok=True)
         log_file = self.data_dir / "logs" / f"{name}.log"
@@ -206,7 +262,8 @@ class Platform:
             process = subprocess.Popen(orphan_proof([sys.executable, "-m", "callmeter.cli.main", name]), env=full_env,
                                        cwd=self.data_dir / "run", stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                        process_group=0)
-        child = self.children[name] = Child(name, process, address, log_file, ready_file)
+        child = self.children[name] = Child(name, process, address, log_file, ready_file, env, time.monotonic(),
+                                            backoff or Backoff())
         return child
 
     def _spawn_worker(self, gateway_address: str, ca_file: Path, token: str, common: dict[str, str]) -> None:
@@ -235,9 +292,8 @@ class Platform:
     @staticmethod
     def _check_alive(child: Child) -> None:
         if child.process.poll() is not None:
-            tail = child.log_file.read_text(errors="replace").strip().splitlines()[-1:] if child.log_file.exists() else []
             # A child's one-line error already starts with "callmeter: error: ".
-            reason = tail[0].removeprefix("callmeter: error: ") if tail else ""
+            reason = last_log_line(child.log_file).removeprefix("callmeter: error: ")
             raise ConfigError(child.name, f"exited with code {child.process.returncode}: {reason} "
                                           f"(log: {child.log_file})")
 
@@ -253,13 +309,45 @@ class Platform:
                          metrics_url(child)))
         return rows
 
-    def dead_child(self) -> str | None:
-        """Name of a child that exited on its own, if any."""
-        for child in self.children.values():
-            if child.process.poll() is not None:
-                return child.name
+    def supervise(self) -> list[str]:
+        """One look at the children: a dead one is scheduled for a restart after its backoff, one
+        whose time has come is started again. Returns one line per restart scheduled (the child,
+        its exit code, the last line of its log); raises ChildFailing when a child gives up."""
+        now = time.monotonic()
+        lines = []
         if self.nats is not None and self.nats.process is not None and self.nats.process.poll() is not None:
-            return "nats-server"
+            if (line := self._restart_nats(now)) is not None:
+                lines.append(line)
+        for child in list(self.children.values()):
+            if child.restart_at is None and child.process.poll() is not None:
+                delay = child.backoff.next_delay(now - child.started_at)
+                line = (f"{child.name} exited with code {child.process.returncode} "
+                        f"(log: {child.log_file}: {last_log_line(child.log_file)})")
+                if delay is None:
+                    raise ChildFailing(f"{line}; {child.backoff.failures} quick failures in a row, giving up")
+                child.restart_at = now + delay
+                lines.append(f"{line}; restarting in {delay:.0f} s")
+            elif child.restart_at is not None and now >= child.restart_at:
+                self._spawn(child.name, child.env, child.address, child.backoff)
+        return lines
+
+    def _restart_nats(self, now: float) -> str | None:
+        """As for a child; the services reconnect to the new nats-server on the same port."""
+        assert self.nats is not None and self.nats.process is not None
+        if self._nats_restart_at is None:
+            line = (f"nats-server exited with code {self.nats.process.returncode} "
+                    f"(log: {self.nats.log_file}: {last_log_line(self.nats.log_file)})")
+            delay = self._nats_backoff.next_delay(now - self._nats_started_at)
+            if delay is None:
+                raise ChildFailing(f"{line}; {self._nats_backoff.failures} quick failures in a row, giving up")
+            self._nats_restart_at = now + delay
+            return f"{line}; restarting in {delay:.0f} s"
+        if now >= self._nats_restart_at:
+            self._nats_restart_at, self._nats_started_at = None, now
+            try:
+                self.nats.start()
+            except ConfigError:
+                pass  # it exited again: the next look counts it
         return None
 
     def stop(self) -> dict[str, int | None]:
@@ -281,6 +369,43 @@ class Platform:
         if self.nats is not None:
             self.nats.stop()
         return codes
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``) of --gateway-listen; a ConfigError naming it otherwise."""
+    host, _, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(host) if ":" in host else None
+        number = int(port)
+        if not host or not 0 <= number <= 65535:
+            raise ValueError
+    except ValueError:
+        raise ConfigError("--gateway-listen", f"expected HOST:PORT (port 0 to 65535), "
+                                              f"got {value!r}") from None
+    return host, number
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_port_free(what: str, host: str, port: int) -> None:
+    """A port in use (or an address not of this host) stops the start before anything is created."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # As the services bind: connections of an earlier `up` in TIME_WAIT are no conflict.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(what, f"cannot listen on port {port} of {host} ({exc.strerror}); "
+                                    "stop what holds it, or pass --auto-ports") from None
+
+
+def free_port_on(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def keep_secret(path: Path, secret: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -28,6 +29,12 @@ def add_platform_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auto-ports", action="store_true",
                         help="bind every service to a free port instead of the fixed defaults")
     parser.add_argument("--no-worker", action="store_true", help="do not start the local worker")
+    parser.add_argument("--gateway-listen", metavar="HOST:PORT", default=os.environ.get("CALLMETER_GATEWAY_LISTEN"),
+                        help="where the gateway listens for workers (env CALLMETER_GATEWAY_LISTEN; default 127.0.0.1 "
+                             "on its usual port; port 0: a free one)")
+    parser.add_argument("--dev-cert-names", metavar="NAME,...", default=os.environ.get("CALLMETER_DEV_CERT_NAMES", ""),
+                        help="DNS names and IP addresses the gateway's development certificate covers besides "
+                             "loopback, comma-separated (env CALLMETER_DEV_CERT_NAMES); a change issues it again")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -48,7 +55,8 @@ def start_platform(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from callmeter.cli.platform import Platform
 
     platform = Platform(args.data_dir, auto_ports=args.auto_ports, with_worker=not args.no_worker,
-                        log_level=args.log_level, new_owner_token=args.new_owner_token)
+                        log_level=args.log_level, new_owner_token=args.new_owner_token,
+                        gateway_listen=args.gateway_listen, dev_cert_names=args.dev_cert_names)
     platform.start()
     try:
         print_status(platform)
@@ -78,6 +86,7 @@ def save_profile(platform) -> None:  # type: ignore[no-untyped-def]
 
 
 def handle(args: argparse.Namespace) -> int:
+    from callmeter.cli.platform import ChildFailing
     from callmeter.common.errors import ConfigError
 
     stop = threading.Event()
@@ -89,15 +98,18 @@ def handle(args: argparse.Namespace) -> int:
         print(f"callmeter: error: {error.detail}", file=sys.stderr)
         return ExitCode.ERROR
     print("Ctrl-C stops everything.", flush=True)
-    dead = None
+    failing = None
     while not stop.wait(0.5):
-        dead = platform.dead_child()
-        if dead is not None:
+        try:
+            for line in platform.supervise():
+                print(f"callmeter: {line}", file=sys.stderr, flush=True)
+        except ChildFailing as error:
+            failing = error
             break
     codes = platform.stop()
-    if dead is not None:
-        print(f"callmeter: error: {dead} exited unexpectedly; everything is stopped. "
-              f"See {platform.data_dir / 'logs'}", file=sys.stderr)
+    if failing is not None:
+        print(f"callmeter: error: {failing}; everything is stopped. See {platform.data_dir / 'logs'}",
+              file=sys.stderr)
         return ExitCode.ERROR
     unclean = [name for name, code in codes.items() if code != 0]
     print("stopped" + (f" ({', '.join(unclean)} did not exit cleanly)" if unclean else " cleanly"))

@@ -5,11 +5,14 @@ HTTP CONNECT proxies: gRPC core reads only the lower-case ``https_proxy``/``no_p
 ``grpc_proxy``/``http_proxy``), but operators set ``HTTPS_PROXY``/``NO_PROXY`` for the worker's
 link to the gateway. For a channel made with ``proxy=True`` the proxy is chosen here from either
 spelling, as Python's urllib does (lower case wins), and handed to gRPC as the channel's own
-proxy, or turned off for a target that ``NO_PROXY`` covers. Other channels keep gRPC's default.
+proxy, or turned off for a target that ``NO_PROXY`` covers: a host-suffix entry as urllib reads
+it, or an address range such as ``10.0.0.0/8`` for a target given by IP address, as curl and gRPC
+core read it. Other channels keep gRPC's default.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import urllib.request
 from pathlib import Path
 
@@ -34,9 +37,26 @@ def proxy_for(address: str) -> str | None:
     """The proxy URL the environment names for ``host:port``, or None (none set, or NO_PROXY)."""
     proxies = urllib.request.getproxies_environment()
     proxy = next((proxies[scheme] for scheme in PROXY_SCHEMES if proxies.get(scheme)), None)
-    if proxy is None or urllib.request.proxy_bypass_environment(address, proxies):
+    if proxy is None or urllib.request.proxy_bypass_environment(address, proxies) or in_no_proxy_range(address, proxies):
         return None
     return proxy
+
+
+def in_no_proxy_range(address: str, proxies: dict[str, str]) -> bool:
+    """Whether ``host:port`` (``[v6]:port``) is an IP address inside a CIDR entry of NO_PROXY."""
+    host = address[1:].partition("]")[0] if address.startswith("[") else address.rpartition(":")[0] or address
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:  # a name: only the suffix rules apply
+        return False
+    for entry in proxies.get("no", "").split(","):
+        try:
+            network = ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            continue
+        if ip.version == network.version and ip in network:
+            return True
+    return False
 
 
 def proxy_options(address: str) -> list[tuple[str, int | str]]:

@@ -9,9 +9,11 @@ auth) and the CA: ``CALLMETER_INTERNAL_CERT_FILE``, ``CALLMETER_INTERNAL_KEY_FIL
 
 The development CA, under DIR: ca.pem / ca-key.pem; server.pem / server-key.pem, the gateway's
 certificate for workers (server auth); internal-NAME.pem / internal-NAME-key.pem for each of
-INTERNAL_PARTIES (server and client auth); all valid for localhost, 127.0.0.1 and ::1. Existing
-files are reused, so a second ``up`` keeps the trust that workers already pinned. Production uses
-real certificates from settings.
+INTERNAL_PARTIES (server and client auth); all valid for localhost, 127.0.0.1 and ::1, the
+gateway's also for the names and addresses ``up`` is given (``--dev-cert-names``). Existing files
+are reused, so a second ``up`` keeps the trust that workers already pinned; a certificate whose
+names differ from those asked for is issued again by the same CA. Production uses real
+certificates from settings.
 """
 
 from __future__ import annotations
@@ -99,7 +101,9 @@ class DevPki:
                               self.ca_cert)
 
 
-def ensure_dev_pki(directory: Path, hosts: tuple[str, ...] = LOOPBACK) -> DevPki:
+def ensure_dev_pki(directory: Path, hosts: tuple[str, ...] = LOOPBACK, gateway_names: tuple[str, ...] = ()) -> DevPki:
+    """The development CA and certificates under ``directory``, each valid for ``hosts``; the
+    gateway's for ``gateway_names`` too (DNS names or IP addresses)."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = DevPki(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
     ca_key_path = directory / "ca-key.pem"
@@ -110,7 +114,8 @@ def ensure_dev_pki(directory: Path, hosts: tuple[str, ...] = LOOPBACK) -> DevPki
     ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
     ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
     _ensure_certificate(ca_cert, ca_key, pki.server_cert, pki.server_key,  # type: ignore[arg-type]
-                        "callmeter-gateway", hosts, (ExtendedKeyUsageOID.SERVER_AUTH,))
+                        "callmeter-gateway", tuple(dict.fromkeys(hosts + gateway_names)),
+                        (ExtendedKeyUsageOID.SERVER_AUTH,))
     for party in INTERNAL_PARTIES:
         files = pki.internal(party)
         _ensure_certificate(ca_cert, ca_key, files.cert, files.key,  # type: ignore[arg-type]
@@ -121,12 +126,22 @@ def ensure_dev_pki(directory: Path, hosts: tuple[str, ...] = LOOPBACK) -> DevPki
 def _ensure_certificate(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, cert_path: Path,
                         key_path: Path, common_name: str, hosts: tuple[str, ...],
                         usages: tuple[ObjectIdentifier, ...]) -> None:
-    if cert_path.exists() and key_path.exists():
+    if cert_path.exists() and key_path.exists() and certificate_names(cert_path) == set(hosts):
         return
     key = ec.generate_private_key(ec.SECP256R1())
     cert = issue_certificate(ca_cert, ca_key, key, common_name, hosts, usages=usages)
     _write_key(key_path, key)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def certificate_names(cert_path: Path) -> set[str]:
+    """The DNS names and IP addresses (as text) a PEM certificate is valid for."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {*names.get_values_for_type(x509.DNSName), *map(str, names.get_values_for_type(x509.IPAddress))}
 
 
 def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:

@@ -46,6 +46,13 @@ from services.gateway.wire import Received, with_worker_id
 
 log = structlog.get_logger(__name__)
 
+# gRPC cancels the handler of a stream that ends without a status: a keepalive timeout (a worker
+# frozen or its network gone), the worker's deadline or cancel, a reset connection. Its reads end
+# first, as a clean half-close does, and the cancellation follows at once; a read loop that sees
+# the end waits this long for it before taking the end as the worker's own close.
+STREAM_END_GRACE_S = 0.25
+CONNECTION_LOST = "connection lost: keepalive timeout, deadline, cancel or reset"
+
 # How long a stream the gateway ends stays open after its Disconnect, unread, so that a worker busy
 # writing reads the reason before its writes fail; a worker that hangs up ends it sooner.
 DISCONNECT_LINGER_S = 2.0
@@ -246,11 +253,14 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
                 await self.routes.close(session)
             if session.told_worker:
                 await asyncio.sleep(DISCONNECT_LINGER_S)
+        except asyncio.CancelledError:
+            session.close(CONNECTION_LOST, tell_worker=False)  # unless a reason was given before
+            raise
         finally:
             if reader is not None:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
-            reason = session.reason or "connection lost"
+            reason = session.reason or CONNECTION_LOST
             if self.sessions.get(worker_id) is session:  # not replaced by a newer stream of the same worker
                 del self.sessions[worker_id]
                 if not session.moved:  # the worker is online on another replica
@@ -288,6 +298,7 @@ class GatewayServicer(workers_pb2_grpc.GatewayServiceServicer):
             log.exception("read_loop_failed", worker_id=session.worker_id)
             reason = "internal error in the gateway"
         if reason is None:
+            await asyncio.sleep(STREAM_END_GRACE_S)  # cancelled with Connect if gRPC cancels the stream
             session.close("worker closed the stream", tell_worker=False)
         else:
             session.close(reason)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import prometheus_client
+import structlog
 
 from callmeter.common.enum_words import word
 from callmeter.common.errors import ConfigError
 from callmeter.v1 import workers_pb2
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -44,6 +48,18 @@ class WorkerStatus:
             }
 
 
+class HealthServer(ThreadingHTTPServer):
+    """A client that goes away before its reply (a probe's timeout) is no error; any other error
+    of a request is one JSON log line, never socketserver's traceback on stderr."""
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, (BrokenPipeError, ConnectionResetError)):
+            return
+        log.error("health_request_failed", client=f"{client_address[0]}:{client_address[1]}",
+                  error=f"{type(error).__name__}: {error}")
+
+
 def start_health_server(status: WorkerStatus, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -74,7 +90,7 @@ def start_health_server(status: WorkerStatus, host: str, port: int) -> Threading
             return None
 
     try:
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = HealthServer((host, port), Handler)
     except OSError as exc:
         raise ConfigError("CALLMETER_HEALTH_PORT", f"cannot listen on {host}:{port}: {exc.strerror}") from None
     server.daemon_threads = True
