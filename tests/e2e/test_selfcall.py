@@ -169,7 +169,8 @@ def assert_good_call_result(result: subprocess.CompletedProcess[str]) -> dict:  
         assert group["loss_pct"] < 1, group
     # Two calls, each counted by its caller and its callee; the run counts them once.
     assert (summary["total"]["calls_attempted"], summary["total"]["calls_connected"]) == (2, 2), summary["total"]
-    assert summary["gates"] == [{"gate": "mos_avg >= 3.5", "observed": summary["total"]["mos_avg"], "passed": True}]
+    assert summary["gates"] == [{"gate": "mos_avg >= 3.5", "observed": summary["total"]["mos_avg"], "baseline": None,
+                                 "passed": True}]
     assert summary["total"]["completeness_pct"] == 100.0, summary["total"]
     return summary
 
