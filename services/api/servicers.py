@@ -14,7 +14,8 @@ from callmeter.common.errors import CallmeterError, grpc_errors
 from callmeter.common.run_states import RUN_ENDED
 from callmeter.v1 import runs_pb2_grpc, tenancy_pb2_grpc, tests_pb2_grpc, workers_pb2_grpc
 from services.api import watch
-from services.api.auth import Principal, authenticate, bearer_token
+from services.api.auth import Principal, bearer_token
+from services.api.principals import PrincipalCache
 from services.api.clients import Metrics, Orchestrator
 from services.api.handlers import results, runs, tenancy, tests, workers
 from services.api.settings import ApiSettings
@@ -27,6 +28,7 @@ class Authenticated:
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
+        self.principals = PrincipalCache(sessions)
 
     async def call(self, context: grpc.aio.ServicerContext,
                    handler: Callable[[Session, Principal, Any], R], request: Any) -> R:
@@ -34,7 +36,7 @@ class Authenticated:
 
         def in_transaction() -> R:
             with self.sessions.begin() as session:
-                return handler(session, authenticate(session, token), request)
+                return handler(session, self.principals.authenticate(session, token), request)
 
         return await asyncio.to_thread(in_transaction)
 

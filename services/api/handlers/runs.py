@@ -13,8 +13,28 @@ from callmeter.common.errors import CallmeterError, ErrorCode
 from callmeter.state.convert import run_to_proto
 from callmeter.state.models import Project, Run, RunPlacement, Test, TestVersion, utcnow
 from callmeter.v1 import results_pb2, runs_pb2, tests_pb2
-from services.api.auth import RUNNER, VIEWER, Principal, project_for
+from services.api.auth import RUNNER, VIEWER, Principal, autoflush, project_for, read, require, require_in_project
 from services.api.paging import page
+
+_runs, _placements, _projects = Run.__table__, RunPlacement.__table__, Project.__table__
+#: What run_to_proto reads of a run (not its summary).
+_RUN_COLUMNS = (_runs.c.id, _runs.c.test_id, _runs.c.test_version, _runs.c.project_id, _runs.c.state, _runs.c.verdict,
+                _runs.c.reasons, _runs.c.started_by, _runs.c.created_at, _runs.c.started_at, _runs.c.ended_at)
+# GetRun in one query: the run, its project's organization (for the role check) and its placements,
+# a row per placement (one with NULL placement columns when it has none). No column name is in
+# both tables, so a row serves run_to_proto as the run and as a placement.
+_RUN_WITH_PLACEMENTS = (
+    sa.select(*_RUN_COLUMNS, _projects.c.organization_id, _placements.c.worker_id,
+              _placements.c.group_name, _placements.c.first_index, _placements.c.count,
+              _placements.c.role)
+    .join(_projects, _projects.c.id == _runs.c.project_id)
+    .outerjoin(_placements, _placements.c.run_id == _runs.c.id)
+    .where(_runs.c.id == sa.bindparam("run_id"))
+    .order_by(_placements.c.group_name, _placements.c.first_index)
+)
+# ListRuns' order (newest first); a call adds its filters.
+_LIST_RUNS = sa.select(*_RUN_COLUMNS).order_by(_runs.c.created_at.desc(), _runs.c.id.desc())
+
 
 @dataclass(frozen=True)
 class RunView:
@@ -40,11 +60,6 @@ def _run(session: Session, principal: Principal, run_id: str, needed: int, what:
         raise CallmeterError(ErrorCode.NOT_FOUND, f"no run {run_id!r}")
     project_for(session, principal, run.project_id, needed, what)
     return run
-
-
-def _placements(session: Session, run_id: str) -> list[RunPlacement]:
-    return list(session.scalars(sa.select(RunPlacement).where(RunPlacement.run_id == run_id)
-                                .order_by(RunPlacement.group_name, RunPlacement.first_index)))
 
 
 def start_run(session: Session, principal: Principal, request: runs_pb2.StartRunRequest, *,
@@ -81,22 +96,27 @@ def fail_unsubmitted_run(session: Session, run_id: str, reason: str) -> None:
 
 
 def get_run(session: Session, principal: Principal, request: runs_pb2.GetRunRequest) -> runs_pb2.Run:
-    run = _run(session, principal, request.run_id, VIEWER, "reading a run")
-    return run_to_proto(run, _placements(session, run.id))
+    rows = read(session, _RUN_WITH_PLACEMENTS, {"run_id": request.run_id}).all() if request.run_id else []
+    if not rows:
+        raise CallmeterError(ErrorCode.NOT_FOUND, f"no run {request.run_id!r}")
+    run = rows[0]
+    require(principal.role_in_project(run.project_id, run.organization_id), VIEWER, "reading a run")
+    return run_to_proto(run, [row for row in rows if row.worker_id is not None])
 
 
 def list_runs(session: Session, principal: Principal, request: runs_pb2.ListRunsRequest) -> runs_pb2.ListRunsResponse:
     """Newest first: the runs of a test, of a project, or of every project the caller may see."""
-    query = sa.select(Run).order_by(Run.created_at.desc(), Run.id.desc())
+    query = _LIST_RUNS
     if request.project_id:
-        project_for(session, principal, request.project_id, VIEWER, "listing runs")
-        query = query.where(Run.project_id == request.project_id)
+        require_in_project(session, principal, request.project_id, VIEWER, "listing runs")
+        query = query.where(_runs.c.project_id == request.project_id)
     else:
-        query = query.where(Run.project_id.in_(sa.select(Project.id).where(principal.sees_project())))
+        query = query.where(_runs.c.project_id.in_(sa.select(_projects.c.id).where(principal.sees_project())))
     if request.test_id:
-        query = query.where(Run.test_id == request.test_id)
+        query = query.where(_runs.c.test_id == request.test_id)
+    autoflush(session)
     rows, next_page = page(session, query, request.page)
-    return runs_pb2.ListRunsResponse(runs=[run_to_proto(row.Run) for row in rows], page=next_page)
+    return runs_pb2.ListRunsResponse(runs=[run_to_proto(row) for row in rows], page=next_page)
 
 
 def cancel_target(session: Session, principal: Principal, request: runs_pb2.CancelRunRequest) -> runs_pb2.Run:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -9,9 +11,42 @@ from callmeter.common.errors import CallmeterError, ErrorCode
 from callmeter.state.convert import test_to_proto
 from callmeter.state.models import Project, Run, Test, TestVersion, Worker, WorkerToken
 from callmeter.v1 import common_pb2, tests_pb2, workers_pb2
-from services.api.auth import EDITOR, VIEWER, Principal, project_for, project_or_only
+from services.api.auth import (
+    EDITOR,
+    VIEWER,
+    Principal,
+    autoflush,
+    project_for,
+    project_or_only,
+    read,
+    require,
+    require_in_project,
+)
 from services.api.paging import page
 from callmeter.common.spec_check import Capabilities, capabilities, check_spec
+
+_tests, _versions, _projects = Test.__table__, TestVersion.__table__, Project.__table__
+#: What test_to_proto reads of a test and of its version; no column name is in both, so one row serves as both.
+_TEST_COLUMNS = (_tests.c.id, _tests.c.project_id, _tests.c.archived, _tests.c.created_at, _tests.c.updated_at,
+                 _versions.c.version, _versions.c.spec)
+
+
+def _test_with_version(version: sa.ColumnElement[int]) -> sa.Select[Any]:
+    """GetTest in one query: the test, its project's organization (for the role check) and the
+    version asked for (NULL version columns when it has none)."""
+    return (sa.select(*_TEST_COLUMNS, _projects.c.organization_id)
+            .join(_projects, _projects.c.id == _tests.c.project_id)
+            .outerjoin(_versions, sa.and_(_versions.c.test_id == _tests.c.id, _versions.c.version == version))
+            .where(_tests.c.id == sa.bindparam("test_id")))
+
+
+_TEST_CURRENT = _test_with_version(_tests.c.current_version)
+_TEST_VERSION = _test_with_version(sa.bindparam("version"))
+# ListTests: the tests with their current versions, oldest first; a call adds its filters.
+_LIST_TESTS = (sa.select(*_TEST_COLUMNS)
+               .join(_versions, sa.and_(_versions.c.test_id == _tests.c.id,
+                                        _versions.c.version == _tests.c.current_version))
+               .order_by(_tests.c.created_at, _tests.c.id))
 
 
 def project_capabilities(session: Session, project: Project) -> Capabilities:
@@ -47,13 +82,6 @@ def _test(session: Session, principal: Principal, test_id: str, needed: int, wha
     return test
 
 
-def _version(session: Session, test: Test, version: int) -> TestVersion:
-    row = session.get(TestVersion, (test.id, version or test.current_version))
-    if row is None:
-        raise CallmeterError(ErrorCode.NOT_FOUND, f"test {test.id!r} has no version {version}")
-    return row
-
-
 def create_test(session: Session, principal: Principal, request: tests_pb2.CreateTestRequest) -> tests_pb2.Test:
     project = project_or_only(session, principal, request.project_id, EDITOR, "creating a test")
     _check_spec(session, project, request.spec)
@@ -85,26 +113,34 @@ def update_test(session: Session, principal: Principal, request: tests_pb2.Updat
 
 
 def get_test(session: Session, principal: Principal, request: tests_pb2.GetTestRequest) -> tests_pb2.Test:
-    test = _test(session, principal, request.test_id, VIEWER, "reading a test")
-    return test_to_proto(test, _version(session, test, request.version))
+    if not request.test_id:
+        raise CallmeterError(ErrorCode.NOT_FOUND, f"no test {request.test_id!r}")
+    if request.version:
+        row = read(session, _TEST_VERSION, {"test_id": request.test_id, "version": request.version}).first()
+    else:
+        row = read(session, _TEST_CURRENT, {"test_id": request.test_id}).first()
+    if row is None:
+        raise CallmeterError(ErrorCode.NOT_FOUND, f"no test {request.test_id!r}")
+    require(principal.role_in_project(row.project_id, row.organization_id), VIEWER, "reading a test")
+    if row.version is None:
+        raise CallmeterError(ErrorCode.NOT_FOUND, f"test {row.id!r} has no version {request.version}")
+    return test_to_proto(row, row)
 
 
 def list_tests(session: Session, principal: Principal,
                request: tests_pb2.ListTestsRequest) -> tests_pb2.ListTestsResponse:
     """Newest versions of the tests of a project, or of every project the caller may see."""
-    query = (sa.select(Test, TestVersion)
-             .join(TestVersion, sa.and_(TestVersion.test_id == Test.id, TestVersion.version == Test.current_version))
-             .order_by(Test.created_at, Test.id))
+    query = _LIST_TESTS
     if request.project_id:
-        project_for(session, principal, request.project_id, VIEWER, "listing tests")
-        query = query.where(Test.project_id == request.project_id)
+        require_in_project(session, principal, request.project_id, VIEWER, "listing tests")
+        query = query.where(_tests.c.project_id == request.project_id)
     else:
-        query = query.where(Test.project_id.in_(sa.select(Project.id).where(principal.sees_project())))
+        query = query.where(_tests.c.project_id.in_(sa.select(_projects.c.id).where(principal.sees_project())))
     if not request.include_archived:
-        query = query.where(Test.archived.is_(False))
+        query = query.where(_tests.c.archived.is_(False))
+    autoflush(session)
     rows, next_page = page(session, query, request.page)
-    return tests_pb2.ListTestsResponse(tests=[test_to_proto(row.Test, row.TestVersion) for row in rows],
-                                       page=next_page)
+    return tests_pb2.ListTestsResponse(tests=[test_to_proto(row, row) for row in rows], page=next_page)
 
 
 def delete_test(session: Session, principal: Principal,
