@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import grpc
 
     from callmeter.cli.api_client import ApiTarget
-    from callmeter.v1 import results_pb2, runs_pb2, tests_pb2
+    from callmeter.v1 import results_pb2, runs_pb2
 
 #: The longest step a series may have (metrics-ingest refuses more).
 MAX_STEP_S = 86400
@@ -269,29 +269,14 @@ def handle_codes(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def find_test(channel: grpc.Channel, target: ApiTarget, name_or_id: str, project_id: str) -> tests_pb2.Test:
-    """The test of this id or name among those the caller may see; raises CallmeterError if none or several."""
-    from callmeter.cli.api_client import every_page
-    from callmeter.common.errors import CallmeterError, ErrorCode
-    from callmeter.v1 import tests_pb2, tests_pb2_grpc
-
-    found = [test for test in every_page(tests_pb2_grpc.TestServiceStub(channel).ListTests, tests_pb2.ListTestsRequest(
-        project_id=project_id, include_archived=True), "tests", target) if name_or_id in (test.id, test.spec.name)]
-    if not found:
-        raise CallmeterError(ErrorCode.NOT_FOUND, f"no test named {name_or_id!r}")
-    if len(found) > 1:
-        raise CallmeterError(ErrorCode.INVALID_ARGUMENT, f"tests named {name_or_id!r} exist in several projects "
-                             f"({', '.join(test.project_id for test in found)}); pass --project")
-    return found[0]
-
-
 def handle_trend(args: argparse.Namespace) -> int:
     from callmeter.cli.api_client import CALL_TIMEOUT_S
-    from callmeter.v1 import results_pb2, runs_pb2_grpc
+    from callmeter.cli.testcmd import find_test
+    from callmeter.v1 import results_pb2, runs_pb2_grpc, tests_pb2_grpc
 
     try:
         with _api(args.api) as (channel, target):
-            test = find_test(channel, target, args.test, args.project)
+            test = find_test(tests_pb2_grpc.TestServiceStub(channel), target, args.test, args.project)
             reply = runs_pb2_grpc.RunServiceStub(channel).GetTestTrend(
                 results_pb2.TrendRequest(test_id=test.id, metric=args.metric, limit=args.limit),
                 metadata=target.metadata(), timeout=CALL_TIMEOUT_S)

@@ -15,12 +15,25 @@ from callmeter.v1 import orchestrator_pb2, orchestrator_pb2_grpc, results_pb2, r
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-def orchestrator_error(exc: grpc.aio.AioRpcError) -> CallmeterError:
-    """UNAVAILABLE when the orchestrator cannot be reached in time; otherwise its own status and detail."""
+def upstream_error(exc: grpc.aio.AioRpcError, service: str, unreachable: str,
+                   field_errors: bool = False) -> CallmeterError:
+    """UNAVAILABLE ("``unreachable``: …") when the service does not answer in time; with
+    ``field_errors`` its INVALID_ARGUMENT as it is (it names the caller's field); anything else with
+    its status, said to come from ``service``."""
     if exc.code() in _UNREACHABLE:
-        return CallmeterError(ErrorCode.UNAVAILABLE, f"the orchestrator is unreachable: {exc.details()}")
+        return CallmeterError(ErrorCode.UNAVAILABLE, f"{unreachable}: {exc.details()}")
+    if field_errors and exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        return CallmeterError(ErrorCode.INVALID_ARGUMENT, exc.details() or "invalid request")
     code = next((c for c in ErrorCode if c.value == exc.code()), ErrorCode.INTERNAL)
-    return CallmeterError(code, f"orchestrator: {exc.details()}")
+    return CallmeterError(code, f"{service}: {exc.details()}")
+
+
+def orchestrator_error(exc: grpc.aio.AioRpcError) -> CallmeterError:
+    return upstream_error(exc, "orchestrator", "the orchestrator is unreachable")
+
+
+def metrics_error(exc: grpc.aio.AioRpcError) -> CallmeterError:
+    return upstream_error(exc, "metrics-ingest", "metrics-ingest is unavailable", field_errors=True)
 
 
 class Orchestrator:

@@ -19,7 +19,7 @@ from callmeter.catalog import LOW_IS_WORSE
 from callmeter.common.errors import CallmeterError, ErrorCode
 from callmeter.v1 import results_pb2, runs_pb2
 from services.api.auth import VIEWER, Principal
-from services.api.clients import Metrics
+from services.api.clients import Metrics, metrics_error
 from services.api.handlers.runs import RunView, _run, run_view
 from services.api.handlers.tests import _test
 
@@ -69,17 +69,6 @@ def export_request(session: Session, principal: Principal,
 
 def _invalid(field: str, detail: str) -> CallmeterError:
     return CallmeterError(ErrorCode.INVALID_ARGUMENT, f"{field}: {detail}")
-
-
-def metrics_error(exc: grpc.aio.AioRpcError) -> CallmeterError:
-    """UNAVAILABLE when metrics-ingest does not answer; its INVALID_ARGUMENT as it is (it names the
-    field, named the same here); anything else with its status, said to come from metrics-ingest."""
-    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return CallmeterError(ErrorCode.UNAVAILABLE, f"metrics-ingest is unavailable: {exc.details()}")
-    if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-        return CallmeterError(ErrorCode.INVALID_ARGUMENT, exc.details() or "invalid request")
-    code = next((c for c in ErrorCode if c.value == exc.code()), ErrorCode.INTERNAL)
-    return CallmeterError(code, f"metrics-ingest: {exc.details()}")
 
 
 async def _answer(call: Awaitable[T]) -> T:
