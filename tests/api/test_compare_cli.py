@@ -18,10 +18,10 @@ from callmeter.cli.compare import add_compare_command
 from callmeter.common import outcomes
 from callmeter.state.models import Run, utcnow
 from callmeter.v1 import results_pb2
-from tests.api.conftest import world_on
+from tests.api.conftest import api_alone
 from tests.api.world import World
 from tests.cli_commands import Result, environment
-from tests.procs import ServiceProcess, start_service
+from tests.procs import ServiceProcess
 
 VIEWER = ("viewer", "project")
 
@@ -60,18 +60,9 @@ def store_run(world: World, state: str, verdict: str = "VERDICT_UNSPECIFIED",
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, ServiceProcess]]:
-    tmp = tmp_path_factory.mktemp("compare")
-    url = f"sqlite:///{tmp / 'state.db'}"
-    world = world_on(url)
     # No orchestrator and no metrics-ingest: comparing reads only what the state store holds.
-    api = start_service("api", tmp, {"CALLMETER_DATABASE_URL": url, "CALLMETER_METRICS_ADDRESS": "127.0.0.1:1",
-                                     "CALLMETER_ORCHESTRATOR_ADDRESS": "127.0.0.1:1"})
-    try:
-        yield world, api
-    finally:
-        code = api.terminate()
-        world.engine.dispose()
-    assert code == 0, api.log()[-2000:]
+    with api_alone(tmp_path_factory.mktemp("compare")) as started:
+        yield started
 
 
 @pytest.fixture

@@ -26,9 +26,9 @@ from services.api import auth, principals
 from services.api.auth import authenticate
 from services.api.handlers import tenancy
 from services.api.principals import TTL_S, PrincipalCache
-from tests.api.conftest import world_on
+from tests.api.conftest import api_alone
 from tests.api.world import World
-from tests.procs import ServiceProcess, start_service
+from tests.procs import ServiceProcess
 
 ADMIN = ("admin", "project")
 
@@ -168,17 +168,8 @@ BOUND_S = 3.0
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, ServiceProcess]]:
-    tmp = tmp_path_factory.mktemp("principals")
-    url = f"sqlite:///{tmp / 'state.db'}"
-    world = world_on(url)
-    service = start_service("api", tmp, {"CALLMETER_DATABASE_URL": url, "CALLMETER_ORCHESTRATOR_ADDRESS": "127.0.0.1:1",
-                                         "CALLMETER_METRICS_ADDRESS": "127.0.0.1:1"})
-    try:
-        yield world, service
-    finally:
-        code = service.terminate()
-        world.engine.dispose()
-    assert code == 0, service.log()[-2000:]
+    with api_alone(tmp_path_factory.mktemp("principals")) as started:
+        yield started
 
 
 def code_of(call: Callable[[], object]) -> grpc.StatusCode:

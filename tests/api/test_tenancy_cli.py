@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 from callmeter.common.tokens import hash_secret
 from callmeter.state.models import User, Worker, WorkerToken
 from callmeter.v1 import common_pb2, workers_pb2
-from tests.api.conftest import world_on
+from tests.api.conftest import api_alone
 from tests.api.world import World
-from tests.procs import ServiceProcess, start_service
+from tests.procs import ServiceProcess
 from tests.cli_commands import Result, runner
 
 OWNER = ("owner", "organization")
@@ -30,20 +30,13 @@ ENUM_NAME = re.compile(r'"(ROLE|WORKER_STATE|TRANSPORT|SRTP_KEYING)_[A-Z_]+"')
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, ServiceProcess]]:
-    tmp = tmp_path_factory.mktemp("api")
-    url = f"sqlite:///{tmp / 'state.db'}"
-    world = world_on(url)
-    with Session(world.engine) as session, session.begin():
-        session.get_one(Worker, world.project_worker).capacity = workers_pb2.WorkerCapacity(
-            max_endpoints=10, codecs=["PCMU"], transports=[common_pb2.TRANSPORT_UDP]).SerializeToString()
-    api = start_service("api", tmp, {"CALLMETER_DATABASE_URL": url, "CALLMETER_ORCHESTRATOR_ADDRESS": "127.0.0.1:1",
-                                     "CALLMETER_METRICS_ADDRESS": "127.0.0.1:1"})
-    try:
-        yield world, api
-    finally:
-        code = api.terminate()
-        world.engine.dispose()
-    assert code == 0, api.log()[-2000:]
+    def prepare(world: World) -> None:
+        with Session(world.engine) as session, session.begin():
+            session.get_one(Worker, world.project_worker).capacity = workers_pb2.WorkerCapacity(
+                max_endpoints=10, codecs=["PCMU"], transports=[common_pb2.TRANSPORT_UDP]).SerializeToString()
+
+    with api_alone(tmp_path_factory.mktemp("api"), prepare) as started:
+        yield started
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 
 from callmeter.state.models import Worker
 from callmeter.v1 import common_pb2, workers_pb2
-from tests.api.conftest import world_on
+from tests.api.conftest import api_alone
 from tests.api.world import World
 from tests.bad_specs import REFUSED, BadFile, assert_one_line, problem_lines
-from tests.procs import ServiceProcess, run_callmeter, start_service
+from tests.procs import ServiceProcess, run_callmeter
 
 VIEWER = ("viewer", "project")
 # A worker of the project has opus, which callmeter's own engine lacks.
@@ -24,21 +24,14 @@ OPUS = BadFile("opus", "groups[1].codecs", ["opus", "PCMU"], "groups[1].codecs[0
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, ServiceProcess]]:
-    tmp = tmp_path_factory.mktemp("api")
-    url = f"sqlite:///{tmp / 'state.db'}"
-    world = world_on(url)
-    with Session(world.engine) as session, session.begin():
-        session.get_one(Worker, world.project_worker).capacity = workers_pb2.WorkerCapacity(
-            max_endpoints=10, codecs=["PCMU", "opus"], transports=[common_pb2.TRANSPORT_UDP],
-            srtp_keyings=[common_pb2.SRTP_KEYING_SDES]).SerializeToString()
-    api = start_service("api", tmp, {"CALLMETER_DATABASE_URL": url, "CALLMETER_ORCHESTRATOR_ADDRESS": "127.0.0.1:1",
-                                     "CALLMETER_METRICS_ADDRESS": "127.0.0.1:1"})
-    try:
-        yield world, api
-    finally:
-        code = api.terminate()
-        world.engine.dispose()
-    assert code == 0, api.log()[-2000:]
+    def prepare(world: World) -> None:
+        with Session(world.engine) as session, session.begin():
+            session.get_one(Worker, world.project_worker).capacity = workers_pb2.WorkerCapacity(
+                max_endpoints=10, codecs=["PCMU", "opus"], transports=[common_pb2.TRANSPORT_UDP],
+                srtp_keyings=[common_pb2.SRTP_KEYING_SDES]).SerializeToString()
+
+    with api_alone(tmp_path_factory.mktemp("api"), prepare) as started:
+        yield started
 
 
 def platform_env(tmp_path: Path, address: str, token: str) -> dict[str, str]:
